@@ -1,0 +1,12 @@
+//! Device models for rvmm.
+//!
+//! Nothing here knows about KVM: devices are reached through [`bus::Bus`]
+//! (port I/O or MMIO accesses forwarded by the VMM) and signal the VMM through
+//! eventfds (interrupts, reset requests). That keeps every model testable in
+//! an ordinary process.
+
+pub mod bus;
+pub mod i8042;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,32 @@
+# Shared helpers for the guest-image scripts. Sourced, not run.
+
+# Where built images are cached, outside any clone, keyed by a hash of their inputs.
+RVMM_CACHE_DIR="${RVMM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rvmm}"
+
+log() { printf 'guest-images: %s\n' "$*" >&2; }
+die() { printf 'guest-images: error: %s\n' "$*" >&2; exit 1; }
+
+# Installs Debian packages that are missing. Arguments are "package:probe" pairs,
+# where probe is a file whose presence shows the package is installed.
+ensure_packages() {
+    local missing=() pair pkg probe
+    for pair in "$@"; do
+        pkg="${pair%%:*}"
+        probe="${pair#*:}"
+        [ -e "$probe" ] || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq || die "apt-get update failed; check the network to the Debian mirror"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null \
+        || die "could not install ${missing[*]}"
+}
+
+# Prints a short hash of the given files' contents and names, plus any extra strings.
+inputs_hash() {
+    { for f in "$@"; do
+        if [ -f "$f" ]; then basename "$f"; cat "$f"; else printf '%s\n' "$f"; fi
+    done; } | sha256sum | cut -c1-16
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds the guest kernel (bzImage and vmlinux) from Debian's linux-source-6.1,
+# `tinyconfig` plus kernel/rvmm.config, with the patches in kernel/.
+# Prints the cache directory holding the results.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/common.sh"
+
+ensure_packages linux-source-6.1:/usr/src/linux-source-6.1.tar.xz \
+    build-essential:/usr/bin/make gcc:/usr/bin/gcc flex:/usr/bin/flex bison:/usr/bin/bison \
+    bc:/usr/bin/bc libelf-dev:/usr/include/libelf.h libssl-dev:/usr/include/openssl/ssl.h \
+    xz-utils:/usr/bin/xz cpio:/bin/cpio
+
+source_version="$(dpkg-query -W -f='${Version}' linux-source-6.1)"
+hash="$(inputs_hash "$here/kernel.sh" "$here/kernel/rvmm.config" "$here"/kernel/*.patch "linux-source-6.1=$source_version")"
+dest="$RVMM_CACHE_DIR/kernel-$hash"
+if [ -f "$dest/bzImage" ] && [ -f "$dest/vmlinux" ]; then
+    log "kernel: cached ($dest)"
+    echo "$dest"
+    exit 0
+fi
+
+work="$RVMM_CACHE_DIR/build/kernel-$hash"
+rm -rf "$work"
+mkdir -p "$work"
+log "kernel: unpacking linux-source-6.1 $source_version"
+tar -xf /usr/src/linux-source-6.1.tar.xz -C "$work"
+src="$work/linux-source-6.1"
+for p in "$here"/kernel/*.patch; do
+    log "kernel: applying $(basename "$p")"
+    patch -s -p1 -d "$src" < "$p"
+done
+
+make_kernel() { make -C "$src" ARCH=x86_64 -j"$(nproc)" "$@"; }
+make_kernel -s tinyconfig >/dev/null
+"$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$here/kernel/rvmm.config" >/dev/null
+make_kernel -s olddefconfig >/dev/null
+
+# Fail loudly if Kconfig dropped an option we asked for (a missing dependency).
+while IFS= read -r line; do
+    case "$line" in
+        CONFIG_*=*) grep -qx "$line" "$src/.config" || die "kernel config lost '$line'; fix kernel/rvmm.config" ;;
+        "# CONFIG_"*" is not set")
+            symbol="${line#\# }"; symbol="${symbol%% *}"
+            if grep -q "^$symbol=" "$src/.config"; then die "kernel config has $symbol set; fix kernel/rvmm.config"; fi ;;
+    esac
+done < "$here/kernel/rvmm.config"
+
+log "kernel: compiling with $(nproc) jobs (several minutes on 2 cores; full log in $work/build.log)"
+if ! make_kernel bzImage vmlinux 2>&1 | tee "$work/build.log" | awk '
+    / CC /  { n++; if (n % 50 == 0) { printf "guest-images: kernel: %d files compiled\n", n > "/dev/stderr"; fflush("/dev/stderr") } }
+    / LD  *vmlinux$/ { print "guest-images: kernel: linking vmlinux" > "/dev/stderr" }
+    /error:/ { print > "/dev/stderr" }'; then
+    die "kernel build failed; see $work/build.log"
+fi
+
+mkdir -p "$dest.tmp"
+cp "$src/arch/x86/boot/bzImage" "$src/vmlinux" "$src/.config" "$dest.tmp/"
+rm -rf "$dest"
+mv "$dest.tmp" "$dest"
+rm -rf "$work"
+log "kernel: built ($dest)"
+echo "$dest"

@@ -1,0 +1,293 @@
+//! Loading the kernel (format told by content, never by name) and the initrd.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::BootError;
+use crate::layout::{CMDLINE_MAX_SIZE, HIMEM_START};
+use crate::memory::{low_mem_end, GuestMemoryMmap};
+use crate::x86::regs::EntryMode;
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+/// Boot protocol facts from the bzImage setup header.
+const HDRS_MAGIC_OFFSET: usize = 0x202;
+const BOOT_PROTOCOL_64BIT_ENTRY: u16 = 0x020c;
+const XLF_KERNEL_64: u16 = 1 << 0;
+const ENTRY_64_OFFSET: u64 = 0x200;
+/// Highest initrd address for kernels whose header does not say (boot.rst).
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+
+/// What the loaded kernel needs from the rest of the boot.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelImage {
+    pub entry: EntryMode,
+    /// First byte past everything the kernel occupies, including the room a
+    /// bzImage needs to decompress in place.
+    pub end: u64,
+    /// Longest command line the kernel accepts, without the NUL.
+    pub cmdline_max: usize,
+    /// Highest address any byte of the initrd may occupy.
+    pub initrd_addr_max: u64,
+    /// The bzImage's own setup header, to start the zero page from.
+    pub setup_header: Option<setup_header>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitrdPlacement {
+    pub addr: u64,
+    pub size: u64,
+}
+
+enum Format {
+    Elf,
+    BzImage,
+}
+
+fn open(role: &'static str, path: &Path) -> Result<File, BootError> {
+    let file = File::open(path).map_err(|source| BootError::Open {
+        role,
+        path: path.into(),
+        source,
+    })?;
+    let is_file = file
+        .metadata()
+        .map_err(|source| BootError::Open {
+            role,
+            path: path.into(),
+            source,
+        })?
+        .is_file();
+    if !is_file {
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(BootError::Open {
+            role,
+            path: path.into(),
+            source,
+        });
+    }
+    Ok(file)
+}
+
+fn detect_format(file: &mut File, path: &Path) -> Result<Format, BootError> {
+    let mut head = [0u8; HDRS_MAGIC_OFFSET + 4];
+    let mut len = 0;
+    while len < head.len() {
+        match file.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(source) => {
+                return Err(BootError::Open {
+                    role: "kernel",
+                    path: path.into(),
+                    source,
+                })
+            }
+        }
+    }
+    if len >= 4 && head[..4] == *b"\x7fELF" {
+        Ok(Format::Elf)
+    } else if len == head.len() && head[HDRS_MAGIC_OFFSET..] == *b"HdrS" {
+        Ok(Format::BzImage)
+    } else {
+        Err(BootError::NotAKernel(path.into()))
+    }
+}
+
+/// Loads the kernel at `path` into guest memory.
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, BootError> {
+    let mut file = open("kernel", path)?;
+    let format = detect_format(&mut file, path)?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|source| BootError::Open {
+            role: "kernel",
+            path: path.into(),
+            source,
+        })?;
+    let mem_bytes: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
+    let too_large = |needed: u64| BootError::KernelTooLarge {
+        path: path.into(),
+        needed_mib: needed.div_ceil(MIB),
+        mem_mib: mem_bytes / MIB,
+    };
+    match format {
+        Format::Elf => {
+            let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
+                let reason = match e {
+                    linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
+                        "a segment lies outside guest memory (raise --mem) or the file is truncated".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                BootError::BadElf { path: path.into(), reason }
+            })?;
+            if loaded.kernel_end > low_mem_end(mem_bytes) {
+                return Err(too_large(loaded.kernel_end));
+            }
+            let entry = match loaded.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(addr) => EntryMode::Pvh { entry: addr.0 },
+                _ => EntryMode::LongMode {
+                    entry: loaded.kernel_load.0,
+                },
+            };
+            Ok(KernelImage {
+                entry,
+                end: loaded.kernel_end,
+                cmdline_max: CMDLINE_MAX_SIZE - 1,
+                initrd_addr_max: DEFAULT_INITRD_ADDR_MAX,
+                setup_header: None,
+            })
+        }
+        Format::BzImage => {
+            let bad = |reason: String| BootError::BadBzImage {
+                path: path.into(),
+                reason,
+            };
+            let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                .map_err(|e| bad(e.to_string()))?;
+            let hdr = loaded
+                .setup_header
+                .ok_or_else(|| bad("no setup header".into()))?;
+            if hdr.version < BOOT_PROTOCOL_64BIT_ENTRY || hdr.xloadflags & XLF_KERNEL_64 == 0 {
+                return Err(bad(format!(
+                    "boot protocol {}.{} without a 64-bit entry point (rvmm needs 2.12+ with XLF_KERNEL_64)",
+                    hdr.version >> 8,
+                    hdr.version & 0xff
+                )));
+            }
+            let end = loaded
+                .kernel_end
+                .max(loaded.kernel_load.0 + u64::from(hdr.init_size));
+            if end > low_mem_end(mem_bytes) {
+                return Err(too_large(end));
+            }
+            Ok(KernelImage {
+                entry: EntryMode::LongMode {
+                    entry: loaded.kernel_load.0 + ENTRY_64_OFFSET,
+                },
+                end,
+                cmdline_max: (hdr.cmdline_size as usize).min(CMDLINE_MAX_SIZE - 1),
+                initrd_addr_max: u64::from(hdr.initrd_addr_max),
+                setup_header: Some(hdr),
+            })
+        }
+    }
+}
+
+/// Where an initrd of `size` bytes goes: as high as the kernel allows, below
+/// the MMIO hole, page aligned, above the kernel.
+pub fn initrd_placement(
+    kernel: &KernelImage,
+    mem_bytes: u64,
+    size: u64,
+) -> Option<InitrdPlacement> {
+    let top = low_mem_end(mem_bytes).min(kernel.initrd_addr_max.saturating_add(1)) & !(PAGE - 1);
+    let addr = top.checked_sub(size)? & !(PAGE - 1);
+    (addr >= kernel.end.next_multiple_of(PAGE)).then_some(InitrdPlacement { addr, size })
+}
+
+/// Loads the initrd at `path` above the kernel.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &KernelImage,
+) -> Result<InitrdPlacement, BootError> {
+    let mut file = open("initrd", path)?;
+    let size = file
+        .metadata()
+        .map_err(|source| BootError::Open {
+            role: "initrd",
+            path: path.into(),
+            source,
+        })?
+        .len();
+    let mem_bytes: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
+    let placement = initrd_placement(kernel, mem_bytes, size).ok_or(BootError::InitrdTooLarge {
+        path: path.into(),
+        size_mib: size.div_ceil(MIB),
+        mem_mib: mem_bytes / MIB,
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(placement.addr), &mut file, size as usize)
+        .map_err(|e| BootError::InitrdRead {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+    Ok(placement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(end: u64, initrd_addr_max: u64) -> KernelImage {
+        KernelImage {
+            entry: EntryMode::LongMode { entry: HIMEM_START },
+            end,
+            cmdline_max: 2047,
+            initrd_addr_max,
+            setup_header: None,
+        }
+    }
+
+    #[test]
+    fn initrd_goes_to_the_top_of_low_memory() {
+        let k = kernel(0x20_0000, DEFAULT_INITRD_ADDR_MAX);
+        let p = initrd_placement(&k, 256 * MIB, 10_000).unwrap();
+        assert_eq!(p.addr % PAGE, 0);
+        assert!(p.addr + p.size <= 256 * MIB);
+        assert!(256 * MIB - (p.addr + p.size) < PAGE);
+    }
+
+    #[test]
+    fn initrd_respects_initrd_addr_max() {
+        let k = kernel(0x20_0000, 0x37ff_ffff);
+        let p = initrd_placement(&k, 2048 * MIB, 5 * MIB).unwrap();
+        assert!(p.addr + p.size <= 0x3800_0000);
+    }
+
+    #[test]
+    fn initrd_never_overlaps_the_kernel() {
+        let k = kernel(30 * MIB + 1, DEFAULT_INITRD_ADDR_MAX);
+        assert_eq!(initrd_placement(&k, 32 * MIB, 2 * MIB), None);
+        assert!(initrd_placement(&k, 32 * MIB, MIB).is_some());
+        assert_eq!(initrd_placement(&k, 32 * MIB, u64::MAX), None);
+    }
+
+    #[test]
+    fn content_decides_the_format() {
+        let dir = std::env::temp_dir().join(format!("rvmm-fmt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let elf_named_bz = dir.join("bzImage");
+        std::fs::write(&elf_named_bz, b"\x7fELF\x02\x01\x01").unwrap();
+        let mut f = File::open(&elf_named_bz).unwrap();
+        assert!(matches!(
+            detect_format(&mut f, &elf_named_bz),
+            Ok(Format::Elf)
+        ));
+
+        let mut bz = vec![0u8; 0x300];
+        bz[HDRS_MAGIC_OFFSET..HDRS_MAGIC_OFFSET + 4].copy_from_slice(b"HdrS");
+        let bz_named_elf = dir.join("vmlinux.elf");
+        std::fs::write(&bz_named_elf, &bz).unwrap();
+        let mut f = File::open(&bz_named_elf).unwrap();
+        assert!(matches!(
+            detect_format(&mut f, &bz_named_elf),
+            Ok(Format::BzImage)
+        ));
+
+        let text = dir.join("notes.txt");
+        std::fs::write(&text, b"hello").unwrap();
+        let mut f = File::open(&text).unwrap();
+        assert!(matches!(
+            detect_format(&mut f, &text),
+            Err(BootError::NotAKernel(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,94 @@
+//! The plain description of a VM that the command line turns into. Nothing
+//! here knows about clap.
+
+use std::path::PathBuf;
+
+pub use crate::boot::cmdline::DEFAULT_CMDLINE;
+
+pub const DEFAULT_MEM_MIB: u64 = 512;
+pub const DEFAULT_CPUS: u8 = 1;
+
+/// Everything needed to build and run one VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// bzImage or ELF vmlinux (with or without a PVH note).
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Replaces [`DEFAULT_CMDLINE`] when given.
+    pub cmdline: Option<String>,
+    pub mem_mib: u64,
+    pub cpus: u8,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--cpus must be at least 1")]
+    NoCpus,
+    #[error("--cpus {wanted} is more than this host's KVM allows ({max})")]
+    TooManyCpus { wanted: u8, max: usize },
+}
+
+impl VmConfig {
+    /// A VM with the default memory, CPUs and command line.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            mem_mib: DEFAULT_MEM_MIB,
+            cpus: DEFAULT_CPUS,
+        }
+    }
+
+    /// The command line before rvmm adds its own arguments.
+    pub fn base_cmdline(&self) -> &str {
+        self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
+    }
+
+    /// Checks the vCPU count against the host's limit.
+    pub fn check_cpus(&self, max_vcpus: usize) -> Result<(), ConfigError> {
+        match self.cpus {
+            0 => Err(ConfigError::NoCpus),
+            n if usize::from(n) > max_vcpus => Err(ConfigError::TooManyCpus {
+                wanted: n,
+                max: max_vcpus,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = VmConfig::new("k");
+        assert_eq!((c.mem_mib, c.cpus), (512, 1));
+        assert_eq!(c.base_cmdline(), DEFAULT_CMDLINE);
+        let c = VmConfig {
+            cmdline: Some("quiet".into()),
+            ..c
+        };
+        assert_eq!(c.base_cmdline(), "quiet");
+    }
+
+    #[test]
+    fn cpu_limits() {
+        let c = VmConfig {
+            cpus: 0,
+            ..VmConfig::new("k")
+        };
+        assert_eq!(c.check_cpus(8), Err(ConfigError::NoCpus));
+        let c = VmConfig {
+            cpus: 9,
+            ..VmConfig::new("k")
+        };
+        assert_eq!(
+            c.check_cpus(8),
+            Err(ConfigError::TooManyCpus { wanted: 9, max: 8 })
+        );
+        assert!(VmConfig::new("k").check_cpus(1).is_ok());
+    }
+}

@@ -1,0 +1,77 @@
+//! Opening /dev/kvm, checking it offers what rvmm relies on, and creating a
+//! VM with the in-kernel interrupt controllers and PIT.
+
+use kvm_bindings::{kvm_pit_config, KVM_API_VERSION, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+
+use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    #[error("/dev/kvm does not exist: enable virtualization and load the kvm module (modprobe kvm_intel or kvm_amd)")]
+    Missing,
+    #[error("no permission to open /dev/kvm: run as root or add your user to the kvm group")]
+    NoPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    Open(kvm_ioctls::Error),
+    #[error("/dev/kvm speaks API version {0}, rvmm needs {KVM_API_VERSION}")]
+    ApiVersion(i32),
+    #[error("this host's KVM lacks {0}, which rvmm needs; use a newer host kernel")]
+    MissingCapability(&'static str),
+    #[error("KVM could not {what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// The capabilities rvmm uses, with the names KVM's documentation gives them.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::SetIdentityMapAddr, "KVM_CAP_SET_IDENTITY_MAP_ADDR"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+];
+
+/// Opens /dev/kvm and checks its API version and capabilities.
+pub fn open_kvm() -> Result<Kvm, KvmError> {
+    let kvm = Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => KvmError::Missing,
+        libc::EACCES | libc::EPERM => KvmError::NoPermission,
+        _ => KvmError::Open(e),
+    })?;
+    let version = kvm.get_api_version();
+    if version != KVM_API_VERSION as i32 {
+        return Err(KvmError::ApiVersion(version));
+    }
+    for (cap, name) in REQUIRED_CAPS {
+        if !kvm.check_extension(*cap) {
+            return Err(KvmError::MissingCapability(name));
+        }
+    }
+    Ok(kvm)
+}
+
+/// Creates the VM with its in-kernel IOAPIC/PIC and PIT. The irqchip must
+/// exist before any vCPU is created.
+pub fn create_vm(kvm: &Kvm) -> Result<VmFd, KvmError> {
+    let setup = |what| move |source| KvmError::Setup { what, source };
+    let vm = kvm.create_vm().map_err(setup("create a VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(setup("set the TSS address"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(setup("set the identity map address"))?;
+    vm.create_irq_chip()
+        .map_err(setup("create the interrupt controller"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(setup("create the PIT"))?;
+    Ok(vm)
+}

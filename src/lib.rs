@@ -1,0 +1,20 @@
+//! rvmm: a small virtual machine monitor on Linux KVM.
+//!
+//! [`vmm::run`] builds a VM from a [`config::VmConfig`] and runs it until the
+//! guest resets or powers off, or the host stops it.
+
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod host;
+pub mod hypervisor;
+pub mod layout;
+pub mod memory;
+pub mod signals;
+pub mod vcpu;
+pub mod vmm;
+pub mod x86;
+
+pub use config::VmConfig;
+pub use vcpu::StopReason;
+pub use vmm::{run, VmmError};

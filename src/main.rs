@@ -1,0 +1,69 @@
+//! The `rvmm` command: parse the command line, run the VM, exit with its status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rvmm::config::{VmConfig, DEFAULT_CMDLINE};
+use rvmm::StopReason;
+
+/// Boot a Linux kernel (or any PVH or 64-bit ELF guest) in a KVM microVM.
+///
+/// The guest's serial console (COM1) is rvmm's stdin and stdout; logs go to
+/// stderr (set RUST_LOG=info or debug for more). On a terminal, press
+/// Ctrl-A then x to quit. rvmm exits 0 when the guest resets or powers off.
+#[derive(Debug, Parser)]
+#[command(name = "rvmm", version, after_help = after_help())]
+struct Cli {
+    /// Guest kernel: a bzImage, an ELF vmlinux, or an ELF with a PVH entry
+    /// note. The format is read from the file's content.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+
+    /// Initial ramdisk (initramfs) to hand to the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+
+    /// Kernel command line; replaces the default (shown below). On PVM-backed
+    /// hosts rvmm appends the flags Linux needs there and logs them.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+
+    /// Guest memory in MiB (at least 16).
+    #[arg(long, value_name = "MiB", default_value_t = rvmm::config::DEFAULT_MEM_MIB)]
+    mem: u64,
+
+    /// Number of vCPUs, one host thread each.
+    #[arg(long, value_name = "N", default_value_t = rvmm::config::DEFAULT_CPUS)]
+    cpus: u8,
+}
+
+fn after_help() -> String {
+    format!("Default kernel command line:\n  {DEFAULT_CMDLINE}")
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let config = VmConfig {
+        kernel: cli.kernel,
+        initrd: cli.initrd,
+        cmdline: cli.cmdline,
+        mem_mib: cli.mem,
+        cpus: cli.cpus,
+    };
+    match rvmm::run(&config) {
+        Ok(reason) => {
+            if let StopReason::Error(message) = &reason {
+                eprintln!("rvmm: error: {message}");
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("rvmm: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

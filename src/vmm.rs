@@ -1,0 +1,320 @@
+//! Building and running a VM, in the order the pieces depend on each other:
+//! KVM → VM → memory → kernel and boot data → devices → vCPUs → run.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{Kvm, VmFd};
+use rvmm_devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use rvmm_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
+use rvmm_devices::{Bus, BusError};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, cmdline, BootError, KernelImage};
+use crate::config::{ConfigError, VmConfig};
+use crate::console::{ConsoleInput, RawTerminal};
+use crate::host;
+use crate::hypervisor::{self, KvmError};
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::signals::{self, StopSignals};
+use crate::vcpu::{self, StopReason, Vcpu, VcpuHandle, VmStop};
+use crate::x86::regs::{self, EntryMode, RegsError};
+use crate::x86::{cpuid, paging};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    #[error("could not write the boot page tables: {0}")]
+    PageTables(vm_memory::GuestMemoryError),
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    #[error("could not {what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("KVM could not {what}: {source}")]
+    KvmCall {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Setup { what, source }
+}
+
+fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::KvmCall { what, source }
+}
+
+/// Logs how long each build step took since the process started.
+struct Phases {
+    start: Instant,
+}
+
+impl Phases {
+    fn mark(&self, what: &str) {
+        log::debug!(
+            "{what} after {:.2} ms",
+            self.start.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
+
+/// Checks the files a VM needs before any host resource is taken, so a typo
+/// gets its own message even on a host without KVM.
+fn check_input_files(config: &VmConfig) -> Result<(), BootError> {
+    let check = |role, path: &std::path::Path| {
+        std::fs::File::open(path)
+            .and_then(|f| f.metadata())
+            .and_then(|m| {
+                if m.is_file() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a regular file",
+                    ))
+                }
+            })
+            .map_err(|source| BootError::Open {
+                role,
+                path: path.into(),
+                source,
+            })
+    };
+    check("kernel", &config.kernel)?;
+    if let Some(initrd) = &config.initrd {
+        check("initrd", initrd)?;
+    }
+    Ok(())
+}
+
+/// Loads kernel, initrd and command line, and writes the boot data.
+fn load_guest(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    mem_bytes: u64,
+) -> Result<KernelImage, VmmError> {
+    let kernel = boot::load_kernel(mem, &config.kernel)?;
+    let initrd = config
+        .initrd
+        .as_deref()
+        .map(|path| boot::load_initrd(mem, path, &kernel))
+        .transpose()?;
+
+    let base = config.base_cmdline();
+    let quirks = host::quirk_flags(host::is_pvm_host(), base);
+    if !quirks.is_empty() {
+        log::warn!(
+            "host KVM is PVM-backed (kvm_pvm): adding '{}' to the kernel command line so Linux gets as far as this host allows",
+            quirks.join(" ")
+        );
+    }
+    let cmdline =
+        cmdline::build_cmdline(base, &quirks, kernel.cmdline_max).map_err(BootError::from)?;
+    log::info!("kernel command line: {}", cmdline::to_string(&cmdline));
+    boot::write_boot_info(mem, &kernel, &cmdline, initrd, mem_bytes)?;
+
+    regs::write_boot_tables(mem, kernel.entry)?;
+    if let EntryMode::LongMode { .. } = kernel.entry {
+        paging::write_identity_tables(mem).map_err(VmmError::PageTables)?;
+    }
+    Ok(kernel)
+}
+
+/// The legacy devices on the port-I/O bus: COM1 and the i8042.
+struct LegacyDevices {
+    io_bus: Bus,
+    serial: Arc<Mutex<SerialConsole>>,
+    serial_input_space: EventFd,
+    reset_evt: EventFd,
+}
+
+fn create_legacy_devices(vm: &VmFd) -> Result<LegacyDevices, VmmError> {
+    let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(setup("create an eventfd"));
+    let serial_irq = new_evt()?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_call("route the serial interrupt"))?;
+    let serial_input_space = new_evt()?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        serial_irq,
+        serial_input_space
+            .try_clone()
+            .map_err(setup("clone an eventfd"))?,
+        Box::new(std::io::stdout()),
+    )));
+    let reset_evt = new_evt()?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        reset_evt.try_clone().map_err(setup("clone an eventfd"))?,
+    )));
+
+    let mut io_bus = Bus::new();
+    io_bus.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
+    io_bus.insert(i8042, I8042_PORT, I8042_PORT_LEN)?;
+    Ok(LegacyDevices {
+        io_bus,
+        serial,
+        serial_input_space,
+        reset_evt,
+    })
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &VmConfig,
+    entry: EntryMode,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+) -> Result<Vec<Vcpu>, VmmError> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_call("list the supported CPUID entries"))?;
+    (0..config.cpus)
+        .map(|id| {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_call("create a vCPU"))?;
+            fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.cpus))
+                .map_err(kvm_call("set the vCPU's CPUID"))?;
+            regs::configure_vcpu(&fd, id, entry)?;
+            Ok(Vcpu::new(id, fd, io_bus.clone(), mmio_bus.clone()))
+        })
+        .collect()
+}
+
+/// Turns the VMM's own wake-ups (guest reset, host signal, vCPU stop) into a
+/// stop request.
+struct VmControl {
+    reset_evt: EventFd,
+    signals: StopSignals,
+    stop: Arc<VmStop>,
+}
+
+impl MutEventSubscriber for VmControl {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [
+            self.reset_evt.as_raw_fd(),
+            self.signals.evt.as_raw_fd(),
+            self.stop.eventfd().as_raw_fd(),
+        ] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("cannot watch VM control events: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.reset_evt.as_raw_fd() {
+            let _ = self.reset_evt.read();
+            self.stop.request(StopReason::Reset);
+        } else if fd == self.signals.evt.as_raw_fd() {
+            let _ = self.signals.evt.read();
+            let signal = signals::last_signal().unwrap_or(libc::SIGTERM);
+            log::info!("stopping the VM on signal {signal}");
+            self.stop.request(StopReason::Signal(signal));
+        } else {
+            let _ = self.stop.eventfd().read();
+        }
+    }
+}
+
+/// Builds the VM described by `config`, runs it until it stops, and returns why.
+pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
+    let phases = Phases {
+        start: Instant::now(),
+    };
+    check_input_files(config)?;
+    let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
+
+    let kvm = hypervisor::open_kvm()?;
+    config.check_cpus(kvm.get_max_vcpus().min(usize::from(u8::MAX)))?;
+    if config.cpus > 1 && host::is_pvm_host() {
+        log::warn!("--cpus {}: secondary vCPUs cannot start on a PVM-backed host; Linux will list them but stop bringing them up", config.cpus);
+    }
+    let vm = hypervisor::create_vm(&kvm)?;
+    phases.mark("VM created");
+
+    let mem = memory::create_guest_memory(mem_bytes)?;
+    memory::register_guest_memory(&vm, &mem)?;
+    phases.mark("memory mapped");
+
+    let kernel = load_guest(config, &mem, mem_bytes)?;
+    phases.mark("kernel loaded");
+
+    let devices = create_legacy_devices(&vm)?;
+    let io_bus = Arc::new(devices.io_bus);
+    let mmio_bus = Arc::new(Bus::new());
+    let vcpus = create_vcpus(&kvm, &vm, config, kernel.entry, io_bus, mmio_bus)?;
+
+    let stop = Arc::new(VmStop::new().map_err(setup("create an eventfd"))?);
+    let signals = StopSignals::install().map_err(setup("install signal handlers"))?;
+    vcpu::install_kick_handler().map_err(setup("install the vCPU kick handler"))?;
+    let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().map_err(VmmError::EventLoop)?;
+    let terminal = RawTerminal::enter();
+    events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+        devices.serial.clone(),
+        devices.serial_input_space,
+        terminal.is_active(),
+        stop.clone(),
+    ))));
+    events.add_subscriber(Arc::new(Mutex::new(VmControl {
+        reset_evt: devices.reset_evt,
+        signals,
+        stop: stop.clone(),
+    })));
+
+    phases.mark("first KVM_RUN");
+    let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        match vcpu.start(stop.clone()) {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                stop.request(StopReason::Error(format!(
+                    "could not start a vCPU thread: {e}"
+                )));
+                break;
+            }
+        }
+    }
+
+    let mut loop_error = None;
+    while !stop.is_stopping() {
+        if let Err(e) = events.run() {
+            loop_error = Some(VmmError::EventLoop(e));
+            stop.request(StopReason::Error("event loop failed".into()));
+        }
+    }
+    for handle in &handles {
+        handle.kick();
+    }
+    for handle in handles {
+        if let Err(e) = handle.join() {
+            log::error!("{e}");
+        }
+    }
+    drop(terminal);
+    phases.mark("VM stopped");
+    if let Some(e) = loop_error {
+        return Err(e);
+    }
+    Ok(stop.reason().unwrap_or(StopReason::Shutdown))
+}

@@ -1,0 +1,6 @@
+//! x86_64 CPU state at the first guest instruction.
+
+pub mod cpuid;
+pub mod gdt;
+pub mod paging;
+pub mod regs;
