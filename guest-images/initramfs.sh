@@ -9,7 +9,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 ensure_packages busybox-static:/bin/busybox cpio:/bin/cpio
 
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
-hash="$(inputs_hash "$here/initramfs.sh" "$here/initramfs/init" "busybox-static=$busybox_version")"
+# Bump when a change to this script changes what it builds (not for messages).
+recipe=1
+hash="$(inputs_hash "$here/initramfs/init" "busybox-static=$busybox_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/initramfs-$hash"
 if [ -f "$dest/initramfs.cpio" ]; then
     log "initramfs: cached ($dest)"
@@ -21,9 +23,7 @@ root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc}
 cp /bin/busybox "$root/bin/busybox"
-for applet in $("$root/bin/busybox" --list-full); do
-    [ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
-done
+ln -s busybox "$root/bin/sh"
 install -m 0755 "$here/initramfs/init" "$root/init"
 # The kernel opens /dev/console for /init's stdio before anything is mounted.
 sudo=()

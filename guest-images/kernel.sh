@@ -9,10 +9,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 ensure_packages linux-source-6.1:/usr/src/linux-source-6.1.tar.xz \
     build-essential:/usr/bin/make gcc:/usr/bin/gcc flex:/usr/bin/flex bison:/usr/bin/bison \
     bc:/usr/bin/bc libelf-dev:/usr/include/libelf.h libssl-dev:/usr/include/openssl/ssl.h \
-    xz-utils:/usr/bin/xz cpio:/bin/cpio
+    xz-utils:/usr/bin/xz lz4:/usr/bin/lz4 cpio:/bin/cpio
 
+# Bump when a change to this script changes what it builds (not for messages).
+recipe=1
 source_version="$(dpkg-query -W -f='${Version}' linux-source-6.1)"
-hash="$(inputs_hash "$here/kernel.sh" "$here/kernel/rvmm.config" "$here"/kernel/*.patch "linux-source-6.1=$source_version")"
+hash="$(inputs_hash "$here/kernel/rvmm.config" "$here"/kernel/*.patch "linux-source-6.1=$source_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/kernel-$hash"
 if [ -f "$dest/bzImage" ] && [ -f "$dest/vmlinux" ]; then
     log "kernel: cached ($dest)"
@@ -33,7 +35,7 @@ done
 
 make_kernel() { make -C "$src" ARCH=x86_64 -j"$(nproc)" "$@"; }
 make_kernel -s tinyconfig >/dev/null
-"$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$here/kernel/rvmm.config" >/dev/null
+"$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$here/kernel/rvmm.config" >"$work/config.log" 2>&1
 make_kernel -s olddefconfig >/dev/null
 
 # Fail loudly if Kconfig dropped an option we asked for (a missing dependency).
@@ -48,9 +50,9 @@ done < "$here/kernel/rvmm.config"
 
 log "kernel: compiling with $(nproc) jobs (several minutes on 2 cores; full log in $work/build.log)"
 if ! make_kernel bzImage vmlinux 2>&1 | tee "$work/build.log" | awk '
-    / CC /  { n++; if (n % 50 == 0) { printf "guest-images: kernel: %d files compiled\n", n > "/dev/stderr"; fflush("/dev/stderr") } }
-    / LD  *vmlinux$/ { print "guest-images: kernel: linking vmlinux" > "/dev/stderr" }
-    /error:/ { print > "/dev/stderr" }'; then
+    / CC /  { n++; if (n % 100 == 0) { printf "guest-images: kernel: %d files compiled\n", n; fflush() } }
+    / LD  *vmlinux$/ { print "guest-images: kernel: linking vmlinux"; fflush() }
+    /error:/ { print; fflush() }' >&2; then
     die "kernel build failed; see $work/build.log"
 fi
 

@@ -120,14 +120,14 @@ fn load_guest(
 
     let base = config.base_cmdline();
     let quirks = host::quirk_flags(host::is_pvm_host(), base);
+    let cmdline =
+        cmdline::build_cmdline(base, &quirks, kernel.cmdline_max).map_err(BootError::from)?;
     if !quirks.is_empty() {
         log::warn!(
             "host KVM is PVM-backed (kvm_pvm): adding '{}' to the kernel command line so Linux gets as far as this host allows",
             quirks.join(" ")
         );
     }
-    let cmdline =
-        cmdline::build_cmdline(base, &quirks, kernel.cmdline_max).map_err(BootError::from)?;
     log::info!("kernel command line: {}", cmdline::to_string(&cmdline));
     boot::write_boot_info(mem, &kernel, &cmdline, initrd, mem_bytes)?;
 

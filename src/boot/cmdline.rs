@@ -11,7 +11,7 @@ pub const DEFAULT_CMDLINE: &str =
 
 #[derive(Debug, thiserror::Error)]
 pub enum CmdlineError {
-    #[error("it is {len} bytes but this kernel accepts at most {max}; shorten --cmdline")]
+    #[error("it is {len} bytes with what rvmm adds, but this kernel accepts at most {max}; shorten --cmdline")]
     TooLong { len: usize, max: usize },
     #[error("'{text}' is not valid ({reason}); use printable ASCII only")]
     Invalid { text: String, reason: String },
@@ -28,6 +28,14 @@ pub fn build_cmdline(
         text: text.to_string(),
         reason: e.to_string(),
     };
+    for text in std::iter::once(base).chain(extra.iter().map(String::as_str)) {
+        if let Some(bad) = text.chars().find(|c| !(' '..='~').contains(c)) {
+            return Err(CmdlineError::Invalid {
+                text: text.escape_default().to_string(),
+                reason: format!("it contains {:?}", bad),
+            });
+        }
+    }
     let total: usize = base.trim().len() + extra.iter().map(|e| e.len() + 1).sum::<usize>();
     if total > max_len {
         return Err(CmdlineError::TooLong {

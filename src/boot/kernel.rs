@@ -100,6 +100,27 @@ fn detect_format(file: &mut File, path: &Path) -> Result<Format, BootError> {
     }
 }
 
+/// The end of the highest loadable ELF segment, so a kernel that needs more
+/// memory than the guest has gets that message rather than a load error.
+/// `None` when the headers cannot be read (the loader then says why).
+fn elf_extent(file: &mut File) -> Option<u64> {
+    use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_LOAD};
+    use vm_memory::ByteValued;
+    let mut ehdr = Elf64_Ehdr::default();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_exact(ehdr.as_mut_slice()).ok()?;
+    file.seek(SeekFrom::Start(ehdr.e_phoff)).ok()?;
+    let mut end = 0u64;
+    for _ in 0..ehdr.e_phnum {
+        let mut phdr = Elf64_Phdr::default();
+        file.read_exact(phdr.as_mut_slice()).ok()?;
+        if phdr.p_type == PT_LOAD {
+            end = end.max(phdr.p_paddr.checked_add(phdr.p_memsz)?);
+        }
+    }
+    Some(end)
+}
+
 /// Loads the kernel at `path` into guest memory.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, BootError> {
     let mut file = open("kernel", path)?;
@@ -118,6 +139,17 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
     };
     match format {
         Format::Elf => {
+            if let Some(extent) = elf_extent(&mut file) {
+                if extent > low_mem_end(mem_bytes) {
+                    return Err(too_large(extent));
+                }
+            }
+            file.seek(SeekFrom::Start(0))
+                .map_err(|source| BootError::Open {
+                    role: "kernel",
+                    path: path.into(),
+                    source,
+                })?;
             let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
                 let reason = match e {
                     linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
@@ -161,9 +193,14 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
                     hdr.version & 0xff
                 )));
             }
-            let end = loaded
-                .kernel_end
-                .max(loaded.kernel_load.0 + u64::from(hdr.init_size));
+            // The kernel decompresses in place from where it runs: the load
+            // address if it can relocate, else its preferred address.
+            let runs_at = if hdr.relocatable_kernel != 0 {
+                loaded.kernel_load.0
+            } else {
+                loaded.kernel_load.0.max(hdr.pref_address)
+            };
+            let end = loaded.kernel_end.max(runs_at + u64::from(hdr.init_size));
             if end > low_mem_end(mem_bytes) {
                 return Err(too_large(end));
             }

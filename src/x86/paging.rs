@@ -76,7 +76,7 @@ mod tests {
         }
         let pde = entry(pdpte & !0xfff, (virt >> 21) & 0x1ff);
         assert_ne!(pde & PAGE_SIZE_2M, 0);
-        (pde & PRESENT != 0).then(|| (pde & !0x1f_ffff & !(1 << 63)) | (virt & 0x1f_ffff))
+        (pde & PRESENT != 0).then_some((pde & !0x1f_ffff & !(1 << 63)) | (virt & 0x1f_ffff))
     }
 
     #[test]

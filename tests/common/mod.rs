@@ -1,0 +1,327 @@
+//! Shared helpers for rvmm's integration tests: building the purpose-built
+//! test guests with the system C toolchain, running the rvmm binary, and
+//! finding the guest images.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const RVMM: &str = env!("CARGO_BIN_EXE_rvmm");
+
+/// Fails (never skips) when this host cannot run VMs, saying how to fix it.
+pub fn require_kvm() {
+    let kvm = Path::new("/dev/kvm");
+    assert!(
+        kvm.exists(),
+        "/dev/kvm is missing: these tests boot real VMs. Run them on a host with KVM \
+         (enable virtualization, `modprobe kvm_intel` or `kvm_amd`)."
+    );
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(kvm)
+            .is_ok(),
+        "/dev/kvm cannot be opened: run the tests as root or add your user to the kvm group."
+    );
+}
+
+/// The kind of KVM host, which decides how far a Linux guest can get.
+pub fn is_pvm_host() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// A test guest built from `tests/guests/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// 32-bit protected-mode entry through the PVH ELF note.
+    Pvh,
+    /// 64-bit Linux boot protocol entry at the ELF entry point.
+    Linux64,
+}
+
+/// Builds (once per test binary and source) the guest `name` for `entry`:
+/// `hello` is a lone assembly file, the others are C on top of `entry.S`.
+pub fn guest(name: &str, entry: Entry) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let suffix = match entry {
+        Entry::Pvh => "pvh",
+        Entry::Linux64 => "64",
+    };
+    let out = out_dir.join(format!("{name}-{suffix}-{}", std::process::id()));
+    if out.exists() {
+        return out;
+    }
+    let sources: Vec<PathBuf> = if name == "hello" {
+        vec![src.join("hello.S")]
+    } else {
+        vec![src.join("entry.S"), src.join(format!("{name}.c"))]
+    };
+    let tmp =
+        out.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cc.args([
+        "-ffreestanding",
+        "-fno-pic",
+        "-no-pie",
+        "-nostdlib",
+        "-static",
+        "-mno-red-zone",
+        "-mgeneral-regs-only",
+        "-fno-stack-protector",
+        "-fno-asynchronous-unwind-tables",
+        "-O2",
+        "-Wall",
+        "-Werror",
+        "-Wl,--build-id=none",
+        "-Wl,-z,max-page-size=4096",
+        "-Wl,-z,noexecstack",
+        "-Wl,--no-warn-rwx-segments",
+    ])
+    .arg(format!("-Wl,-T,{}", src.join("guest.ld").display()))
+    .arg("-o")
+    .arg(&tmp)
+    .args(&sources);
+    match entry {
+        Entry::Pvh => cc.args(["-DPVH", "-Wl,-e,pvh_start"]),
+        Entry::Linux64 => cc.arg("-Wl,-e,linux64_start"),
+    };
+    let result = cc.output().unwrap_or_else(|e| {
+        panic!("cannot run the C compiler to build test guest {name} ({e}); install gcc (apt-get install build-essential)")
+    });
+    assert!(
+        result.status.success(),
+        "building test guest {name} failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+/// What one rvmm run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+fn finish(output: Output, start: Instant) -> Run {
+    Run {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Runs rvmm with `args` and `stdin` as input, killing it after `limit`.
+pub fn rvmm_with_input(args: &[&str], stdin: &[u8], limit: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(RVMM)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the rvmm binary");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+        // Keep stdin open until the child is done, as a terminal would.
+        std::thread::sleep(Duration::from_secs(3600));
+    });
+    let output = wait_with_limit(child, limit);
+    finish(output, start)
+}
+
+/// Runs rvmm with `args` and an empty stdin, killing it after `limit`.
+pub fn rvmm(args: &[&str], limit: Duration) -> Run {
+    let start = Instant::now();
+    let child = Command::new(RVMM)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the rvmm binary");
+    finish(wait_with_limit(child, limit), start)
+}
+
+fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(limit).is_err() {
+            // Still running: the test fails below with whatever it printed.
+            // SAFETY-free: plain kill(2) through the command line tool.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let mut out = Vec::new();
+    let _ = stdout.read_to_end(&mut out);
+    let status = child.wait().unwrap();
+    let _ = done_tx.send(());
+    Output {
+        status,
+        stdout: out,
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// A running rvmm whose console is read line by line.
+pub struct Console {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    stderr_path: PathBuf,
+    input: std::process::ChildStdin,
+}
+
+impl Console {
+    /// Starts rvmm with `args`; its stderr goes to a scratch file.
+    pub fn start(args: &[&str], name: &str) -> Console {
+        let stderr_path = scratch(&format!("{name}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(RVMM)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("cannot start the rvmm binary");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let input = child.stdin.take().unwrap();
+        Console {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr_path,
+            input,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Types `text` on the guest console.
+    pub fn send(&mut self, text: &str) {
+        self.input.write_all(text.as_bytes()).unwrap();
+        self.input.flush().unwrap();
+    }
+
+    /// Waits for a console line containing `marker`; panics with everything
+    /// seen so far if it does not come within `limit`.
+    pub fn expect(&mut self, marker: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(marker) {
+                        return line;
+                    }
+                }
+                Err(e) => {
+                    let _ = self.child.kill();
+                    let status = self.child.wait();
+                    panic!(
+                        "no console line with {marker:?} ({e:?}, rvmm {status:?}); console:\n{}\nstderr:\n{}",
+                        self.seen.join("\n"),
+                        self.stderr()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for rvmm to exit by itself within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "rvmm did not exit within {limit:?}; console:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The guest images built by `guest-images/build.sh`, or a failure saying how to get them.
+pub fn guest_image(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guest-images/out")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the guest images first with `guest-images/build.sh` \
+         (the README's test command does this)",
+        path.display()
+    );
+    path
+}
+
+/// FNV-1a, 64-bit: what the inspect guest computes over the initrd.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A scratch file path unique to this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
