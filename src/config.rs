@@ -18,6 +18,8 @@ pub struct VmConfig {
     pub cmdline: Option<String>,
     pub mem_mib: u64,
     pub cpus: u8,
+    /// Ask the host to back guest memory with transparent huge pages.
+    pub hugepages: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +39,7 @@ impl VmConfig {
             cmdline: None,
             mem_mib: DEFAULT_MEM_MIB,
             cpus: DEFAULT_CPUS,
+            hugepages: false,
         }
     }
 

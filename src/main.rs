@@ -36,6 +36,11 @@ struct Cli {
     /// Number of vCPUs, one host thread each.
     #[arg(long, value_name = "N", default_value_t = rvmm::config::DEFAULT_CPUS)]
     cpus: u8,
+
+    /// Back guest memory with transparent huge pages (madvise), which cuts
+    /// page faults and TLB misses; needs THP "madvise" or "always" on the host.
+    #[arg(long)]
+    hugepages: bool,
 }
 
 fn after_help() -> String {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         cmdline: cli.cmdline,
         mem_mib: cli.mem,
         cpus: cli.cpus,
+        hugepages: cli.hugepages,
     };
     match rvmm::run(&config) {
         Ok(reason) => {

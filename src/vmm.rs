@@ -22,7 +22,7 @@ use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::signals::{self, StopSignals};
 use crate::vcpu::{self, StopReason, Vcpu, VcpuHandle, VmStop};
 use crate::x86::regs::{self, EntryMode, RegsError};
-use crate::x86::{cpuid, paging};
+use crate::x86::{cpuid, mptable, paging};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -36,6 +36,8 @@ pub enum VmmError {
     Boot(#[from] BootError),
     #[error(transparent)]
     Regs(#[from] RegsError),
+    #[error(transparent)]
+    MpTable(#[from] crate::x86::mptable::MpTableError),
     #[error("could not write the boot page tables: {0}")]
     PageTables(vm_memory::GuestMemoryError),
     #[error("device layout: {0}")]
@@ -245,7 +247,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
 
     let kvm = hypervisor::open_kvm()?;
-    config.check_cpus(kvm.get_max_vcpus().min(usize::from(u8::MAX)))?;
+    config.check_cpus(kvm.get_max_vcpus().min(usize::from(mptable::MAX_CPUS)))?;
     if config.cpus > 1 && host::is_pvm_host() {
         log::warn!("--cpus {}: secondary vCPUs cannot start on a PVM-backed host; Linux will list them but stop bringing them up", config.cpus);
     }
@@ -253,10 +255,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     phases.mark("VM created");
 
     let mem = memory::create_guest_memory(mem_bytes)?;
+    if config.hugepages {
+        memory::advise_huge_pages(&mem);
+    }
     memory::register_guest_memory(&vm, &mem)?;
     phases.mark("memory mapped");
 
     let kernel = load_guest(config, &mem, mem_bytes)?;
+    mptable::write_mptable(&mem, config.cpus)?;
     phases.mark("kernel loaded");
 
     let devices = create_legacy_devices(&vm)?;

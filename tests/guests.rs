@@ -304,3 +304,54 @@ fn an_emulation_failure_ends_rvmm_with_the_reason() {
         eprintln!("hardware KVM host: int3 triple-faulted, as expected");
     }
 }
+
+#[test]
+fn mp_table_lists_every_vcpu() {
+    require_kvm();
+    let kernel = guest("mptable", Entry::Linux64);
+    for cpus in [1u64, 4, 16] {
+        let n = cpus.to_string();
+        let run = rvmm(&["--kernel", kernel.to_str().unwrap(), "--cpus", &n], LIMIT);
+        assert_clean_exit(&run, "mptable");
+        assert!(run.stdout.contains("table ok"), "{}", run.stdout);
+        let expected = format!(
+            "mptable: cpus {:#018x} bsp 0x0000000000000000 ioapic 0x00000000fec00000 irqs 0x0000000000000018",
+            cpus
+        );
+        assert!(
+            run.stdout.contains(&expected),
+            "--cpus {cpus}: expected {expected:?} in\n{}",
+            run.stdout
+        );
+        if cpus > 1 && common::is_pvm_host() {
+            assert!(
+                run.stderr.contains("secondary vCPUs cannot start"),
+                "{}",
+                run.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn huge_pages_back_guest_memory_on_request() {
+    require_kvm();
+    let kernel = guest("inspect", Entry::Linux64);
+    let run = rvmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--mem",
+            "256",
+            "--hugepages",
+        ],
+        LIMIT,
+    );
+    assert_clean_exit(&run, "--hugepages");
+    assert!(
+        run.stdout
+            .contains("inspect: memory total 0x0000000010000000"),
+        "{}",
+        run.stdout
+    );
+}

@@ -1,0 +1,134 @@
+//! How rvmm stops: host signals end the VM with 128 + signal, the terminal
+//! is put back as it was, and vCPU threads are named and joined.
+
+mod common;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{guest, require_kvm, Console, Entry, RVMM};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on the child we started and still own.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+}
+
+fn stop_with(signal: i32) -> std::process::ExitStatus {
+    require_kvm();
+    let kernel = guest("echo", Entry::Linux64);
+    let mut vm = Console::start(
+        &["--kernel", kernel.to_str().unwrap()],
+        &format!("signal-{signal}"),
+    );
+    vm.expect("echo: ready", LIMIT);
+    send_signal(vm.child.id(), signal);
+    vm.wait_exit(LIMIT)
+}
+
+#[test]
+fn sigterm_stops_the_vm_with_status_143() {
+    assert_eq!(stop_with(libc::SIGTERM).code(), Some(143));
+}
+
+#[test]
+fn sigint_stops_the_vm_with_status_130() {
+    assert_eq!(stop_with(libc::SIGINT).code(), Some(130));
+}
+
+#[test]
+fn vcpu_threads_are_named_and_counted() {
+    require_kvm();
+    let kernel = guest("echo", Entry::Linux64);
+    let mut vm = Console::start(
+        &["--kernel", kernel.to_str().unwrap(), "--cpus", "3"],
+        "threads",
+    );
+    vm.expect("echo: ready", LIMIT);
+    let task_dir = format!("/proc/{}/task", vm.child.id());
+    let vcpu_threads = || {
+        let mut names: Vec<String> = std::fs::read_dir(&task_dir)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .filter(|n| n.starts_with("rvmm-vcpu"))
+            .collect();
+        names.sort();
+        names
+    };
+    // vCPU 0 may print before the last thread is up.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while vcpu_threads().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        vcpu_threads(),
+        ["rvmm-vcpu-0", "rvmm-vcpu-1", "rvmm-vcpu-2"]
+    );
+    vm.send("\x04");
+    assert_eq!(vm.wait_exit(LIMIT).code(), Some(0));
+}
+
+/// Terminal flags that raw mode changes.
+fn local_flags(fd: i32) -> (libc::tcflag_t, libc::tcflag_t) {
+    // SAFETY: termios is plain data, filled in by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open terminal and `t` is writable.
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+    (t.c_lflag, t.c_iflag)
+}
+
+#[test]
+fn the_terminal_is_restored_after_a_signal() {
+    require_kvm();
+    let kernel = guest("echo", Entry::Linux64);
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills in two new descriptors; the pointers are valid.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "cannot open a pseudo-terminal");
+    // SAFETY: both descriptors are fresh and owned here.
+    let (master_fd, slave_fd) =
+        unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let before = local_flags(slave);
+    assert_ne!(
+        before.0 & libc::ICANON,
+        0,
+        "a new pty starts in canonical mode"
+    );
+
+    let mut child = Command::new(RVMM)
+        .args(["--kernel", kernel.to_str().unwrap()])
+        .stdin(Stdio::from(slave_fd.try_clone().unwrap()))
+        .stdout(Stdio::from(slave_fd.try_clone().unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until rvmm has put the terminal in raw mode.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while local_flags(slave).0 & libc::ICANON != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rvmm never switched the terminal to raw mode"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    send_signal(child.id(), libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(
+        local_flags(slave),
+        before,
+        "terminal flags differ after rvmm exited"
+    );
+    drop(master_fd);
+}
