@@ -10,3 +10,4 @@ pub mod i8042;
 pub mod serial;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub mod virtio;

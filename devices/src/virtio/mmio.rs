@@ -1,0 +1,350 @@
+//! The virtio-mmio transport (virtio 1.x, "version 2" register layout): the
+//! registers a guest driver uses to discover a device, negotiate features,
+//! place its queues and notify them. Kept apart from the devices it carries.
+//!
+//! Queue notifications arrive as eventfds (the VMM registers an ioeventfd at
+//! QueueNotify; a notify write that reaches the bus signals the same eventfd),
+//! and the device's work runs where those are handled: the VMM's event loop,
+//! not the vCPU thread.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{GuestMemoryMmap, VirtioDevice};
+use crate::bus::BusDevice;
+
+/// Size of one device's MMIO window.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x5256_4d4d; // "RVMM"
+
+/// One virtio device behind its MMIO registers.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    /// Per queue: the driver wrote a size or address the queue cannot take.
+    queue_misconfigured: Vec<bool>,
+    queue_evts: Vec<EventFd>,
+    irq: EventFd,
+    interrupt_status: AtomicU32,
+    status: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    queue_select: u32,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    /// Wraps `device`; `irq` is signalled to interrupt the guest.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: EventFd,
+    ) -> std::io::Result<Self> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).expect("device queue sizes are powers of two"))
+            .collect::<Vec<_>>();
+        let queue_evts = queues
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self {
+            device,
+            mem,
+            queue_misconfigured: vec![false; queues.len()],
+            queues,
+            queue_evts,
+            irq,
+            interrupt_status: AtomicU32::new(0),
+            status: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            queue_select: 0,
+            config_generation: 0,
+        })
+    }
+
+    /// The eventfd that signals a notification of queue `index`.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// Whether the driver has finished setting the device up.
+    pub fn is_activated(&self) -> bool {
+        self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
+            && self.status & (VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET) == 0
+    }
+
+    /// Serves queue `index` after a notification. Requests that arrive before
+    /// the driver is ready, or on a queue it set up wrongly, are not touched.
+    pub fn process_queue(&mut self, index: usize) {
+        if !self.is_activated() {
+            log::debug!("virtio: notification before the driver is ready; ignored");
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        if self.queue_misconfigured[index] || !queue.is_valid(&self.mem) {
+            log::warn!(
+                "virtio: queue {index} is misconfigured by the guest; the device needs a reset"
+            );
+            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            self.signal(VIRTIO_MMIO_INT_CONFIG);
+            return;
+        }
+        if self.device.process_queue(index, queue, &self.mem) {
+            self.signal(VIRTIO_MMIO_INT_VRING);
+        }
+    }
+
+    fn signal(&self, why: u32) {
+        self.interrupt_status.fetch_or(why, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            log::error!("virtio: cannot interrupt the guest: {e}");
+        }
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_misconfigured.fill(false);
+        for evt in &self.queue_evts {
+            let _ = evt.read();
+        }
+        self.interrupt_status.store(0, Ordering::SeqCst);
+        self.status = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.queue_select = 0;
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    /// Queue registers may only change while the driver sets the device up.
+    fn queue_setup_allowed(&self) -> bool {
+        self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver may only add bits, in order; anything else is ignored.
+        let adds = value & !self.status;
+        if value & self.status != self.status {
+            log::debug!(
+                "virtio: driver cleared status bits ({:#x} -> {value:#x}); ignored",
+                self.status
+            );
+            return;
+        }
+        if adds & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0
+                || self.driver_features & super::VIRTIO_F_VERSION_1 == 0
+            {
+                // Leaving FEATURES_OK clear tells the driver we refused.
+                log::debug!(
+                    "virtio: driver asked for unsupported features {:#x}",
+                    self.driver_features
+                );
+                self.status = value & !VIRTIO_CONFIG_S_FEATURES_OK;
+                return;
+            }
+        }
+        if adds & VIRTIO_CONFIG_S_DRIVER_OK != 0 && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+            log::debug!("virtio: DRIVER_OK without FEATURES_OK; ignored");
+            return;
+        }
+        self.status = value;
+    }
+
+    fn read_register(&self, offset: u32) -> u32 {
+        let queue = self.queues.get(self.queue_select as usize);
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_select {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                log::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        let setup = self.queue_setup_allowed();
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => {
+                let features_phase = self.status & VIRTIO_CONFIG_S_DRIVER != 0
+                    && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0;
+                match (features_phase, self.driver_features_select) {
+                    (true, 0) => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    (true, 1) => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => log::debug!("virtio-mmio: driver features written out of order; ignored"),
+                }
+            }
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NUM if setup => {
+                self.configure_queue(|q| q.try_set_size(u16::try_from(value).unwrap_or(0)))
+            }
+            VIRTIO_MMIO_QUEUE_READY if setup => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            VIRTIO_MMIO_QUEUE_DESC_LOW | VIRTIO_MMIO_QUEUE_DESC_HIGH if setup => {
+                let addr = merge(
+                    self.selected_queue_field(|q| q.desc_table()),
+                    offset,
+                    VIRTIO_MMIO_QUEUE_DESC_LOW,
+                    value,
+                );
+                self.configure_queue(|q| q.try_set_desc_table_address(addr))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW | VIRTIO_MMIO_QUEUE_AVAIL_HIGH if setup => {
+                let addr = merge(
+                    self.selected_queue_field(|q| q.avail_ring()),
+                    offset,
+                    VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                    value,
+                );
+                self.configure_queue(|q| q.try_set_avail_ring_address(addr))
+            }
+            VIRTIO_MMIO_QUEUE_USED_LOW | VIRTIO_MMIO_QUEUE_USED_HIGH if setup => {
+                let addr = merge(
+                    self.selected_queue_field(|q| q.used_ring()),
+                    offset,
+                    VIRTIO_MMIO_QUEUE_USED_LOW,
+                    value,
+                );
+                self.configure_queue(|q| q.try_set_used_ring_address(addr))
+            }
+            VIRTIO_MMIO_QUEUE_NOTIFY => match self.queue_evts.get(value as usize) {
+                // Normally caught by the ioeventfd; this is the fallback path.
+                Some(evt) => {
+                    let _ = evt.write(1);
+                }
+                None => {
+                    log::debug!("virtio-mmio: notification for queue {value} that does not exist")
+                }
+            },
+            VIRTIO_MMIO_INTERRUPT_ACK => {
+                self.interrupt_status.fetch_and(!value, Ordering::SeqCst);
+            }
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            _ => log::debug!("virtio-mmio: ignored write of {value:#x} to register {offset:#x}"),
+        }
+    }
+
+    fn selected_queue_field(&self, field: impl Fn(&Queue) -> u64) -> u64 {
+        self.queues.get(self.queue_select as usize).map_or(0, field)
+    }
+
+    /// Applies a setting to the selected queue; one the queue refuses (a
+    /// size that is not a power of two, a misaligned ring) marks it unusable
+    /// until the device is reset.
+    fn configure_queue(&mut self, set: impl FnOnce(&mut Queue) -> Result<(), virtio_queue::Error>) {
+        let index = self.queue_select as usize;
+        if let Some(q) = self.queues.get_mut(index) {
+            if let Err(e) = set(q) {
+                log::debug!("virtio-mmio: queue {index} setting refused: {e}");
+                self.queue_misconfigured[index] = true;
+            }
+        }
+    }
+}
+
+/// Replaces the low or high half of a 64-bit queue address.
+fn merge(current: u64, offset: u32, low_register: u32, value: u32) -> GuestAddress {
+    let value = u64::from(value);
+    GuestAddress(if offset == low_register {
+        (current & !0xffff_ffff) | value
+    } else {
+        (current & 0xffff_ffff) | (value << 32)
+    })
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            self.device
+                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+        } else if data.len() == 4 && offset % 4 == 0 {
+            data.copy_from_slice(&self.read_register(offset as u32).to_le_bytes());
+        } else {
+            log::debug!(
+                "virtio-mmio: {}-byte register read at {offset:#x}; registers are 32-bit",
+                data.len()
+            );
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            self.device
+                .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+        } else if let (Ok(bytes), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
+            self.write_register(offset as u32, u32::from_le_bytes(bytes));
+        } else {
+            log::debug!(
+                "virtio-mmio: {}-byte register write at {offset:#x} ignored",
+                data.len()
+            );
+        }
+    }
+}
+
+/// Driver status values, in the order a driver sets them.
+pub const STATUS_ACKNOWLEDGE: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
+pub const STATUS_DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
+pub const STATUS_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+pub const STATUS_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
+pub const STATUS_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;

@@ -1,0 +1,45 @@
+//! Virtio devices: the [`VirtioDevice`] trait a device model implements, and
+//! the virtio-mmio transport ([`mmio::MmioTransport`]) that carries one.
+
+pub mod block;
+pub mod mmio;
+
+use virtio_queue::Queue;
+
+/// Guest memory as the devices see it.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// `VIRTIO_F_VERSION_1`: a virtio 1.x (non-legacy) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// A device model carried by a virtio transport. The transport owns the
+/// queues and the guest-facing registers; the device sees only requests.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (2 for block).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers.
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space. Out-of-range bytes read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Takes a write to the configuration space (most devices ignore them).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Serves every available request on `queue`. Returns whether any
+    /// buffer was returned to the guest (so it should be interrupted).
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Forgets per-driver state: the guest reset the device.
+    fn reset(&mut self) {}
+}
+
+/// Copies `data.len()` bytes of `config` at `offset`; zeros past its end.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start < config.len() {
+        let n = data.len().min(config.len() - start);
+        data[..n].copy_from_slice(&config[start..start + n]);
+    }
+}
