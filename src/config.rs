@@ -20,6 +20,42 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Ask the host to back guest memory with transparent huge pages.
     pub hugepages: bool,
+    /// Block devices, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+}
+
+/// One `--disk PATH[,ro][,id=STR]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// What the guest reads with GET_ID (at most 20 bytes).
+    pub id: Option<String>,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let mut parts = spec.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or(ConfigError::DiskWithoutPath)?;
+        let mut disk = DiskConfig {
+            path: path.into(),
+            read_only: false,
+            id: None,
+        };
+        for option in parts {
+            match option.split_once('=') {
+                None if option == "ro" => disk.read_only = true,
+                Some(("id", id)) if !id.is_empty() => disk.id = Some(id.to_string()),
+                _ => return Err(ConfigError::DiskOption(option.to_string())),
+            }
+        }
+        Ok(disk)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,6 +64,12 @@ pub enum ConfigError {
     NoCpus,
     #[error("--cpus {wanted} is more than this host's KVM allows ({max})")]
     TooManyCpus { wanted: u8, max: usize },
+    #[error("--disk needs a path: --disk PATH[,ro][,id=STR]")]
+    DiskWithoutPath,
+    #[error("--disk option '{0}' is not known; use --disk PATH[,ro][,id=STR]")]
+    DiskOption(String),
+    #[error("{given} disks given; rvmm supports at most {max}")]
+    TooManyDisks { given: usize, max: usize },
 }
 
 impl VmConfig {
@@ -40,6 +82,7 @@ impl VmConfig {
             mem_mib: DEFAULT_MEM_MIB,
             cpus: DEFAULT_CPUS,
             hugepages: false,
+            disks: Vec::new(),
         }
     }
 
@@ -75,6 +118,41 @@ mod tests {
             ..c
         };
         assert_eq!(c.base_cmdline(), "quiet");
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d: DiskConfig = "img.raw".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "img.raw".into(),
+                read_only: false,
+                id: None
+            }
+        );
+        let d: DiskConfig = "/dev/sdb,ro,id=data-1".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/dev/sdb".into(),
+                read_only: true,
+                id: Some("data-1".into())
+            }
+        );
+        assert_eq!("".parse::<DiskConfig>(), Err(ConfigError::DiskWithoutPath));
+        assert_eq!(
+            ",ro".parse::<DiskConfig>(),
+            Err(ConfigError::DiskWithoutPath)
+        );
+        assert_eq!(
+            "a,rw".parse::<DiskConfig>(),
+            Err(ConfigError::DiskOption("rw".into()))
+        );
+        assert_eq!(
+            "a,id=".parse::<DiskConfig>(),
+            Err(ConfigError::DiskOption("id=".into()))
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rvmm::config::{VmConfig, DEFAULT_CMDLINE};
+use rvmm::config::{DiskConfig, VmConfig, DEFAULT_CMDLINE};
 use rvmm::StopReason;
 
 /// Boot a Linux kernel (or any PVH or 64-bit ELF guest) in a KVM microVM.
@@ -41,6 +41,13 @@ struct Cli {
     /// page faults and TLB misses; needs THP "madvise" or "always" on the host.
     #[arg(long)]
     hugepages: bool,
+
+    /// A virtio-blk disk: a raw image file or host block device. Repeat for
+    /// more; the guest sees them in order as /dev/vda, /dev/vdb, ... `ro`
+    /// opens it read-only; `id` sets the ID the guest reads (20 bytes at
+    /// most). A disk is locked while in use: another rvmm cannot write it.
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=STR]")]
+    disks: Vec<String>,
 }
 
 fn after_help() -> String {
@@ -52,6 +59,18 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
+    let disks = match cli
+        .disks
+        .iter()
+        .map(|d| d.parse())
+        .collect::<Result<Vec<DiskConfig>, _>>()
+    {
+        Ok(disks) => disks,
+        Err(e) => {
+            eprintln!("rvmm: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = VmConfig {
         kernel: cli.kernel,
         initrd: cli.initrd,
@@ -59,6 +78,7 @@ fn main() -> ExitCode {
         mem_mib: cli.mem,
         cpus: cli.cpus,
         hugepages: cli.hugepages,
+        disks,
     };
     match rvmm::run(&config) {
         Ok(reason) => {

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, cmdline, BootError, KernelImage};
 use crate::config::{ConfigError, VmConfig};
 use crate::console::{ConsoleInput, RawTerminal};
+use crate::disks::{self, DiskError};
 use crate::host;
 use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
@@ -38,6 +39,8 @@ pub enum VmmError {
     Regs(#[from] RegsError),
     #[error(transparent)]
     MpTable(#[from] crate::x86::mptable::MpTableError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     #[error("could not write the boot page tables: {0}")]
     PageTables(vm_memory::GuestMemoryError),
     #[error("device layout: {0}")]
@@ -107,11 +110,13 @@ fn check_input_files(config: &VmConfig) -> Result<(), BootError> {
     Ok(())
 }
 
-/// Loads kernel, initrd and command line, and writes the boot data.
+/// Loads kernel, initrd and command line (with `device_args` for the
+/// devices the kernel must be told about), and writes the boot data.
 fn load_guest(
     config: &VmConfig,
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
+    device_args: &[String],
 ) -> Result<KernelImage, VmmError> {
     let kernel = boot::load_kernel(mem, &config.kernel)?;
     let initrd = config
@@ -122,8 +127,9 @@ fn load_guest(
 
     let base = config.base_cmdline();
     let quirks = host::quirk_flags(host::is_pvm_host(), base);
+    let extra: Vec<String> = quirks.iter().chain(device_args).cloned().collect();
     let cmdline =
-        cmdline::build_cmdline(base, &quirks, kernel.cmdline_max).map_err(BootError::from)?;
+        cmdline::build_cmdline(base, &extra, kernel.cmdline_max).map_err(BootError::from)?;
     if !quirks.is_empty() {
         log::warn!(
             "host KVM is PVM-backed (kvm_pvm): adding '{}' to the kernel command line so Linux gets as far as this host allows",
@@ -244,6 +250,13 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         start: Instant::now(),
     };
     check_input_files(config)?;
+    if config.disks.len() > disks::MAX_DISKS {
+        return Err(ConfigError::TooManyDisks {
+            given: config.disks.len(),
+            max: disks::MAX_DISKS,
+        }
+        .into());
+    }
     let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
 
     let kvm = hypervisor::open_kvm()?;
@@ -261,13 +274,16 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     memory::register_guest_memory(&vm, &mem)?;
     phases.mark("memory mapped");
 
-    let kernel = load_guest(config, &mem, mem_bytes)?;
+    let disk_args: Vec<String> = (0..config.disks.len()).map(disks::cmdline_arg).collect();
+    let kernel = load_guest(config, &mem, mem_bytes, &disk_args)?;
     mptable::write_mptable(&mem, config.cpus)?;
     phases.mark("kernel loaded");
 
     let devices = create_legacy_devices(&vm)?;
     let io_bus = Arc::new(devices.io_bus);
-    let mmio_bus = Arc::new(Bus::new());
+    let mut mmio_bus = Bus::new();
+    let attached_disks = disks::attach_disks(&vm, &mem, &mut mmio_bus, &config.disks)?;
+    let mmio_bus = Arc::new(mmio_bus);
     let vcpus = create_vcpus(&kvm, &vm, config, kernel.entry, io_bus, mmio_bus)?;
 
     let stop = Arc::new(VmStop::new().map_err(setup("create an eventfd"))?);
@@ -282,6 +298,9 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         terminal.is_active(),
         stop.clone(),
     ))));
+    for disk in attached_disks {
+        events.add_subscriber(Arc::new(Mutex::new(disk)));
+    }
     events.add_subscriber(Arc::new(Mutex::new(VmControl {
         reset_evt: devices.reset_evt,
         signals,

@@ -178,7 +178,7 @@ impl Block {
     fn range(&self, sector: u64, bytes: u64) -> Result<u64, Failure> {
         let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Failure::IoError)?;
         let end = offset.checked_add(bytes).ok_or(Failure::IoError)?;
-        if bytes % SECTOR_SIZE != 0 || end > self.sectors * SECTOR_SIZE {
+        if !bytes.is_multiple_of(SECTOR_SIZE) || end > self.sectors * SECTOR_SIZE {
             log::debug!("virtio-blk: request for {bytes} bytes at sector {sector} is past the end or not whole sectors");
             return Err(Failure::IoError);
         }
@@ -229,7 +229,7 @@ impl Block {
         }
         let bytes = ranges.available_bytes();
         let count = bytes / 16;
-        if bytes % 16 != 0 || count == 0 || count > MAX_RANGES as usize {
+        if !bytes.is_multiple_of(16) || count == 0 || count > MAX_RANGES as usize {
             return Err(Failure::IoError);
         }
         for _ in 0..count {
@@ -312,13 +312,12 @@ impl Block {
             kind,
             VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES
         );
-        if (!driver_writes && data_in.available_bytes() > 0)
-            || (!device_writes && data_out.available_bytes() > 0)
-        {
-            if device_writes || driver_writes || kind == VIRTIO_BLK_T_FLUSH {
-                log::debug!("virtio-blk: request {kind} has buffers in the wrong direction");
-                return Err(Failure::IoError);
-            }
+        let known = device_writes || driver_writes || kind == VIRTIO_BLK_T_FLUSH;
+        let misdirected = (!driver_writes && data_in.available_bytes() > 0)
+            || (!device_writes && data_out.available_bytes() > 0);
+        if known && misdirected {
+            log::debug!("virtio-blk: request {kind} has buffers in the wrong direction");
+            return Err(Failure::IoError);
         }
         match kind {
             VIRTIO_BLK_T_IN => self.read_into(sector, data_out),

@@ -315,7 +315,7 @@ impl BusDevice for MmioTransport {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
             self.device
                 .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
-        } else if data.len() == 4 && offset % 4 == 0 {
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_register(offset as u32).to_le_bytes());
         } else {
             log::debug!(

@@ -1,0 +1,174 @@
+//! Attaching virtio-blk disks: each behind its own virtio-mmio window and
+//! interrupt in the 32-bit MMIO hole, announced to Linux on its command line,
+//! notified through ioeventfds and served on the VMM's event loop.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use rvmm_devices::virtio::block::{Block, BlockError};
+use rvmm_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+use rvmm_devices::{Bus, BusError};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::DiskConfig;
+use crate::layout::MMIO_HOLE_START;
+use crate::memory::GuestMemoryMmap;
+
+/// The first 4 KiB of the hole is kept for the boot timer; disks follow.
+pub const VIRTIO_MMIO_START: u64 = MMIO_HOLE_START + MMIO_WINDOW_SIZE;
+/// Disks take IRQs 5 to 23 (COM1 has 4; the IOAPIC has 24 pins).
+pub const FIRST_IRQ: u32 = 5;
+pub const MAX_DISKS: usize = 19;
+/// Offset of QueueNotify in a virtio-mmio window.
+const QUEUE_NOTIFY: u64 = 0x50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error(transparent)]
+    Open(#[from] BlockError),
+    #[error("could not set up disk {index}: {what}: {reason}")]
+    Setup {
+        index: usize,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// The guest's name for disk `index`: vda, vdb, ..., vdz, vdaa, ...
+pub fn guest_name(index: usize) -> String {
+    let mut name = String::new();
+    let mut n = index;
+    loop {
+        name.insert(0, (b'a' + (n % 26) as u8) as char);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    format!("vd{name}")
+}
+
+/// Where disk `index` lives: its MMIO window base and IRQ.
+pub fn placement(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW_SIZE,
+        FIRST_IRQ + index as u32,
+    )
+}
+
+/// The kernel argument that tells Linux about a virtio-mmio device.
+pub fn cmdline_arg(index: usize) -> String {
+    let (base, irq) = placement(index);
+    format!("virtio_mmio.device=4K@{base:#x}:{irq}")
+}
+
+/// An attached disk, and what the event loop needs to serve it.
+pub struct AttachedDisk {
+    pub transport: Arc<Mutex<MmioTransport>>,
+    queue_evts: Vec<EventFd>,
+}
+
+/// Opens every disk, puts it on `mmio_bus` and wires its notifications and
+/// interrupt through KVM.
+pub fn attach_disks(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    disks: &[DiskConfig],
+) -> Result<Vec<AttachedDisk>, DiskError> {
+    let mut attached = Vec::with_capacity(disks.len());
+    for (index, disk) in disks.iter().enumerate() {
+        let setup = |what| {
+            move |e: &dyn std::fmt::Display| DiskError::Setup {
+                index,
+                what,
+                reason: e.to_string(),
+            }
+        };
+        let id = disk
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("rvmm-{}", guest_name(index)));
+        let block = Block::open(&disk.path, disk.read_only, &id)?;
+        log::info!(
+            "disk {}: {} ({} sectors{})",
+            guest_name(index),
+            disk.path.display(),
+            block.sectors(),
+            if disk.read_only { ", read-only" } else { "" }
+        );
+        let (base, irq) = placement(index);
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| setup("create its interrupt eventfd")(&e))?;
+        vm.register_irqfd(&irq_evt, irq)
+            .map_err(|e| setup("route its interrupt")(&e))?;
+        let transport = MmioTransport::new(Box::new(block), mem.clone(), irq_evt)
+            .map_err(|e| setup("create its queue eventfds")(&e))?;
+        let mut queue_evts = Vec::new();
+        for (queue, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY),
+                queue as u32,
+            )
+            .map_err(|e| setup("register its queue notification")(&e))?;
+            queue_evts.push(evt.try_clone().map_err(|e| setup("clone an eventfd")(&e))?);
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        mmio_bus.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
+        attached.push(AttachedDisk {
+            transport,
+            queue_evts,
+        });
+    }
+    Ok(attached)
+}
+
+impl MutEventSubscriber for AttachedDisk {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (queue, evt) in self.queue_evts.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(evt, queue as u32, EventSet::IN)) {
+                log::error!("cannot watch disk queue notifications: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let queue = events.data() as usize;
+        if let Some(evt) = self.queue_evts.get(queue) {
+            debug_assert_eq!(evt.as_raw_fd(), events.fd());
+            let _ = evt.read();
+            rvmm_devices::bus::lock(&self.transport).process_queue(queue);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_names_follow_linux() {
+        assert_eq!(guest_name(0), "vda");
+        assert_eq!(guest_name(1), "vdb");
+        assert_eq!(guest_name(25), "vdz");
+        assert_eq!(guest_name(26), "vdaa");
+    }
+
+    #[test]
+    fn each_disk_has_its_own_window_and_irq() {
+        assert_eq!(cmdline_arg(0), "virtio_mmio.device=4K@0xd0001000:5");
+        assert_eq!(cmdline_arg(1), "virtio_mmio.device=4K@0xd0002000:6");
+        let (last_base, last_irq) = placement(MAX_DISKS - 1);
+        assert_eq!(last_irq, 23);
+        assert!(
+            last_base + MMIO_WINDOW_SIZE <= 0xfec0_0000,
+            "disks must stay below the IOAPIC"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! virtio-blk end to end: the polled test guest reads, checksums and writes
+//! disks through rvmm, and the test checks every byte on the host.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    fnv1a64_words, guest, pseudo_random_bytes, require_kvm, rvmm, scratch, Console, Entry,
+};
+
+/// Guest code is emulated on PVM hosts, so reading 64 MiB takes a while there.
+const LIMIT: Duration = Duration::from_secs(600);
+const MIB: usize = 1 << 20;
+
+fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{stdout}"))
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:#018x}")
+}
+
+/// The pattern the guest writes to sectors 2..10 of disk `index`.
+fn pattern(index: usize) -> Vec<u8> {
+    (0..4096u32)
+        .map(|k| (k.wrapping_mul(31) + 7 + index as u32) as u8)
+        .collect()
+}
+
+#[test]
+fn guest_reads_writes_and_flushes_through_virtio_blk() {
+    require_kvm();
+    let kernel = guest("blk", Entry::Linux64);
+    let data = scratch("data.img");
+    let data_bytes = pseudo_random_bytes(64 * MIB, 1);
+    std::fs::write(&data, &data_bytes).unwrap();
+    let readonly = scratch("readonly.img");
+    let readonly_bytes = pseudo_random_bytes(MIB, 2);
+    std::fs::write(&readonly, &readonly_bytes).unwrap();
+
+    let run = rvmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--mem",
+            "128",
+            "--cmdline",
+            "console=ttyS0 blktest.write",
+            "--disk",
+            data.to_str().unwrap(),
+            "--disk",
+            &format!("{},ro,id=second-disk", readonly.display()),
+        ],
+        LIMIT,
+    );
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let out = &run.stdout;
+    assert!(out.contains("blk: done, 0x0000000000000002 disks"), "{out}");
+
+    // vda: 64 MiB of random bytes, writable.
+    assert_eq!(
+        line(out, "blk vda: capacity"),
+        format!("blk vda: capacity {} rw", hex(64 * MIB as u64 / 512))
+    );
+    assert_eq!(
+        line(out, "blk vda: id"),
+        format!("blk vda: id status {} id rvmm-vda", hex(0))
+    );
+    assert_eq!(
+        line(out, "blk vda: read"),
+        format!(
+            "blk vda: read status {} fnv1a {}",
+            hex(0),
+            hex(fnv1a64_words(&data_bytes))
+        )
+    );
+    assert_eq!(
+        line(out, "blk vda: past-end"),
+        format!("blk vda: past-end status {}", hex(1))
+    );
+    assert_eq!(
+        line(out, "blk vda: write"),
+        format!(
+            "blk vda: write status {0} flush status {0} readback status {0} matches",
+            hex(0)
+        )
+    );
+    let after = std::fs::read(&data).unwrap();
+    assert_eq!(after.len(), data_bytes.len());
+    assert_eq!(
+        after[1024..1024 + 4096],
+        pattern(0)[..],
+        "the flushed pattern is on the host file"
+    );
+    assert_eq!(after[..1024], data_bytes[..1024]);
+    assert_eq!(
+        after[1024 + 4096..],
+        data_bytes[1024 + 4096..],
+        "nothing else changed"
+    );
+
+    // vdb: read-only, with its own ID.
+    assert_eq!(
+        line(out, "blk vdb: capacity"),
+        format!("blk vdb: capacity {} ro", hex(MIB as u64 / 512))
+    );
+    assert_eq!(
+        line(out, "blk vdb: id"),
+        format!("blk vdb: id status {} id second-disk", hex(0))
+    );
+    assert_eq!(
+        line(out, "blk vdb: read"),
+        format!(
+            "blk vdb: read status {} fnv1a {}",
+            hex(0),
+            hex(fnv1a64_words(&readonly_bytes))
+        )
+    );
+    assert!(
+        line(out, "blk vdb: write").starts_with(&format!(
+            "blk vdb: write status {} flush status {}",
+            hex(1),
+            hex(0)
+        )),
+        "a read-only disk must refuse the write: {out}"
+    );
+    assert_eq!(
+        std::fs::read(&readonly).unwrap(),
+        readonly_bytes,
+        "read-only disk changed"
+    );
+}
+
+fn assert_refused(args: &[&str], expected: &str) {
+    let run = rvmm(args, Duration::from_secs(30));
+    assert_eq!(run.code(), Some(1), "rvmm {args:?}: {}", run.stderr);
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("rvmm: error: ") && last.contains(expected),
+        "expected {expected:?} in {last:?}"
+    );
+    assert!(!run.stderr.contains("panicked"));
+}
+
+#[test]
+fn bad_disks_are_refused_with_a_clear_error() {
+    require_kvm();
+    let kernel = guest("hello", Entry::Pvh);
+    let k = kernel.to_str().unwrap();
+    assert_refused(
+        &["--kernel", k, "--disk", "/nonexistent/disk.img"],
+        "disk /nonexistent/disk.img does not exist",
+    );
+    let dir = scratch("disk-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_refused(
+        &["--kernel", k, "--disk", dir.to_str().unwrap()],
+        "is a directory",
+    );
+    let odd = scratch("odd.img");
+    std::fs::write(&odd, vec![0u8; 1000]).unwrap();
+    assert_refused(
+        &["--kernel", k, "--disk", odd.to_str().unwrap()],
+        "not a whole number of 512-byte sectors",
+    );
+    assert_refused(
+        &["--kernel", k, "--disk", "x.img,rw"],
+        "--disk option 'rw' is not known",
+    );
+    assert_refused(
+        &["--kernel", k, "--disk", "x.img,id=this-id-is-far-too-long"],
+        "longer than 20 bytes",
+    );
+    let many: Vec<String> = (0..20)
+        .flat_map(|_| ["--disk".to_string(), odd.display().to_string()])
+        .collect();
+    let mut args = vec!["--kernel", k];
+    args.extend(many.iter().map(String::as_str));
+    assert_refused(&args, "at most 19");
+}
+
+#[test]
+fn a_disk_in_use_by_another_vm_is_refused() {
+    require_kvm();
+    let disk = scratch("shared.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let echo = guest("echo", Entry::Linux64);
+    let mut first = Console::start(
+        &[
+            "--kernel",
+            echo.to_str().unwrap(),
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        "disk-owner",
+    );
+    first.expect("echo: ready", Duration::from_secs(30));
+    let hello = guest("hello", Entry::Pvh);
+    assert_refused(
+        &[
+            "--kernel",
+            hello.to_str().unwrap(),
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        "in use by another process",
+    );
+    assert_refused(
+        &[
+            "--kernel",
+            hello.to_str().unwrap(),
+            "--disk",
+            &format!("{},ro", disk.display()),
+        ],
+        "in use by another process",
+    );
+    first.send("\x04");
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    // Once the first VM is gone the disk is free again.
+    let run = rvmm(
+        &[
+            "--kernel",
+            hello.to_str().unwrap(),
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+}
