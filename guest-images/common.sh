@@ -30,3 +30,19 @@ inputs_hash() {
         if [ -f "$f" ]; then basename "$f"; cat "$f"; else printf '%s\n' "$f"; fi
     done; } | sha256sum | cut -c1-16
 }
+
+# Fills DIR with the guest's root tree: busybox-static, /init (also
+# /sbin/init, for a root file system on a disk) and a console node.
+populate_root() {
+    local root="$1" here
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc,mnt}
+    cp /bin/busybox "$root/bin/busybox"
+    ln -sf busybox "$root/bin/sh"
+    install -m 0755 "$here/initramfs/init" "$root/init"
+    ln -sf /init "$root/sbin/init"
+    # The kernel opens /dev/console for init's stdio before anything is mounted.
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" mknod -m 600 "$root/dev/console" c 5 1
+}

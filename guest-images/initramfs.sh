@@ -10,8 +10,8 @@ ensure_packages busybox-static:/bin/busybox cpio:/bin/cpio
 
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 # Bump when a change to this script changes what it builds (not for messages).
-recipe=1
-hash="$(inputs_hash "$here/initramfs/init" "busybox-static=$busybox_version" "recipe=$recipe")"
+recipe=2
+hash="$(inputs_hash "$here/initramfs/init" "$here/common.sh" "busybox-static=$busybox_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/initramfs-$hash"
 if [ -f "$dest/initramfs.cpio" ]; then
     log "initramfs: cached ($dest)"
@@ -21,14 +21,7 @@ fi
 
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc}
-cp /bin/busybox "$root/bin/busybox"
-ln -s busybox "$root/bin/sh"
-install -m 0755 "$here/initramfs/init" "$root/init"
-# The kernel opens /dev/console for /init's stdio before anything is mounted.
-sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
-"${sudo[@]}" mknod -m 600 "$root/dev/console" c 5 1
+populate_root "$root"
 mkdir -p "$dest.tmp"
 (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null --reproducible -o -H newc --owner=0:0 --quiet) \
     > "$dest.tmp/initramfs.cpio"

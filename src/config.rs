@@ -22,6 +22,8 @@ pub struct VmConfig {
     pub hugepages: bool,
     /// Block devices, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// Log boot times when the guest writes to the boot timer.
+    pub boot_timer: bool,
 }
 
 /// One `--disk PATH[,ro][,id=STR]`.
@@ -83,6 +85,7 @@ impl VmConfig {
             cpus: DEFAULT_CPUS,
             hugepages: false,
             disks: Vec::new(),
+            boot_timer: false,
         }
     }
 

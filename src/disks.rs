@@ -14,11 +14,11 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::DiskConfig;
-use crate::layout::MMIO_HOLE_START;
 use crate::memory::GuestMemoryMmap;
+use rvmm_devices::boot_timer::{BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN};
 
-/// The first 4 KiB of the hole is kept for the boot timer; disks follow.
-pub const VIRTIO_MMIO_START: u64 = MMIO_HOLE_START + MMIO_WINDOW_SIZE;
+/// The first 4 KiB of the hole is the boot timer's; disks follow.
+pub const VIRTIO_MMIO_START: u64 = BOOT_TIMER_ADDRESS + BOOT_TIMER_LEN;
 /// Disks take IRQs 5 to 23 (COM1 has 4; the IOAPIC has 24 pins).
 pub const FIRST_IRQ: u32 = 5;
 pub const MAX_DISKS: usize = 19;

@@ -48,6 +48,12 @@ struct Cli {
     /// most). A disk is locked while in use: another rvmm cannot write it.
     #[arg(long = "disk", value_name = "PATH[,ro][,id=STR]")]
     disks: Vec<String>,
+
+    /// Enable the boot timer: when the guest writes 123 to the byte at
+    /// 0xd0000000 (as Firecracker's), log at info level the time since rvmm
+    /// started (wall and CPU) and since the guest first ran.
+    #[arg(long)]
+    boot_timer: bool,
 }
 
 fn after_help() -> String {
@@ -55,6 +61,7 @@ fn after_help() -> String {
 }
 
 fn main() -> ExitCode {
+    rvmm::vmm::mark_process_start();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
@@ -79,6 +86,7 @@ fn main() -> ExitCode {
         cpus: cli.cpus,
         hugepages: cli.hugepages,
         disks,
+        boot_timer: cli.boot_timer,
     };
     match rvmm::run(&config) {
         Ok(reason) => {

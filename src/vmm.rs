@@ -2,11 +2,13 @@
 //! KVM → VM → memory → kernel and boot data → devices → vCPUs → run.
 
 use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
+use rvmm_devices::boot_timer::{BootTimer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN};
 use rvmm_devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use rvmm_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use rvmm_devices::{Bus, BusError};
@@ -67,18 +69,55 @@ fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::KvmCall { what, source }
 }
 
-/// Logs how long each build step took since the process started.
-struct Phases {
-    start: Instant,
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Records when the process started; `main` calls it first thing. Boot
+/// times are measured from here (or from the first `run` if never called).
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(Instant::now);
 }
 
-impl Phases {
-    fn mark(&self, what: &str) {
-        log::debug!(
-            "{what} after {:.2} ms",
-            self.start.elapsed().as_secs_f64() * 1000.0
+fn since_process_start() -> Duration {
+    PROCESS_START.get_or_init(Instant::now).elapsed()
+}
+
+/// CPU time this process has used so far (all threads).
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Logs (at debug level) when each build step is done, counted from process
+/// start, in wall and CPU time.
+fn phase(what: &str) {
+    log::debug!(
+        "phase: {what} at {:.2} ms wall, {:.2} ms CPU",
+        ms(since_process_start()),
+        ms(process_cpu_time())
+    );
+}
+
+/// The boot timer's report, logged at info level.
+fn boot_timer(first_run: &Arc<OnceLock<Instant>>) -> BootTimer {
+    let first_run = first_run.clone();
+    BootTimer::new(move || {
+        let guest = first_run.get().map(|t| ms(t.elapsed())).unwrap_or(0.0);
+        log::info!(
+            "boot timer: guest booted {:.2} ms after rvmm started ({:.2} ms CPU), {:.2} ms after its first instruction",
+            ms(since_process_start()),
+            ms(process_cpu_time()),
+            guest
         );
-    }
+    })
 }
 
 /// Checks the files a VM needs before any host resource is taken, so a typo
@@ -246,9 +285,7 @@ impl MutEventSubscriber for VmControl {
 
 /// Builds the VM described by `config`, runs it until it stops, and returns why.
 pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
-    let phases = Phases {
-        start: Instant::now(),
-    };
+    phase("configuration read");
     check_input_files(config)?;
     if config.disks.len() > disks::MAX_DISKS {
         return Err(ConfigError::TooManyDisks {
@@ -265,23 +302,28 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         log::warn!("--cpus {}: secondary vCPUs cannot start on a PVM-backed host; Linux will list them but stop bringing them up", config.cpus);
     }
     let vm = hypervisor::create_vm(&kvm)?;
-    phases.mark("VM created");
+    phase("VM created");
 
     let mem = memory::create_guest_memory(mem_bytes)?;
     if config.hugepages {
         memory::advise_huge_pages(&mem);
     }
     memory::register_guest_memory(&vm, &mem)?;
-    phases.mark("memory mapped");
+    phase("memory mapped");
 
     let disk_args: Vec<String> = (0..config.disks.len()).map(disks::cmdline_arg).collect();
     let kernel = load_guest(config, &mem, mem_bytes, &disk_args)?;
     mptable::write_mptable(&mem, config.cpus)?;
-    phases.mark("kernel loaded");
+    phase("kernel loaded");
 
     let devices = create_legacy_devices(&vm)?;
     let io_bus = Arc::new(devices.io_bus);
     let mut mmio_bus = Bus::new();
+    let first_run = Arc::new(OnceLock::new());
+    if config.boot_timer {
+        let timer = Arc::new(Mutex::new(boot_timer(&first_run)));
+        mmio_bus.insert(timer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN)?;
+    }
     let attached_disks = disks::attach_disks(&vm, &mem, &mut mmio_bus, &config.disks)?;
     let mmio_bus = Arc::new(mmio_bus);
     let vcpus = create_vcpus(&kvm, &vm, config, kernel.entry, io_bus, mmio_bus)?;
@@ -307,7 +349,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         stop: stop.clone(),
     })));
 
-    phases.mark("first KVM_RUN");
+    phase("first KVM_RUN");
+    let _ = first_run.set(Instant::now());
     let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         match vcpu.start(stop.clone()) {
@@ -337,7 +380,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         }
     }
     drop(terminal);
-    phases.mark("VM stopped");
+    phase("VM stopped");
     if let Some(e) = loop_error {
         return Err(e);
     }

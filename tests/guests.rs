@@ -355,3 +355,30 @@ fn huge_pages_back_guest_memory_on_request() {
         run.stdout
     );
 }
+
+#[test]
+fn boot_timer_reports_when_enabled() {
+    require_kvm();
+    let kernel = guest("timer", Entry::Linux64);
+    let k = kernel.to_str().unwrap();
+    let on = common::rvmm_env(
+        &["--kernel", k, "--boot-timer"],
+        &[("RUST_LOG", "info")],
+        LIMIT,
+    );
+    assert_clean_exit(&on, "boot timer on");
+    let report = on
+        .stderr
+        .lines()
+        .find(|l| l.contains("boot timer: guest booted"))
+        .unwrap_or_else(|| {
+            panic!("no boot timer report:\n{}", on.stderr);
+        });
+    assert!(
+        report.contains("ms after rvmm started") && report.contains("ms CPU"),
+        "{report}"
+    );
+    let off = common::rvmm_env(&["--kernel", k], &[("RUST_LOG", "info")], LIMIT);
+    assert_clean_exit(&off, "boot timer off");
+    assert!(!off.stderr.contains("boot timer"), "{}", off.stderr);
+}

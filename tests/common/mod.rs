@@ -150,9 +150,15 @@ pub fn rvmm_with_input(args: &[&str], stdin: &[u8], limit: Duration) -> Run {
 
 /// Runs rvmm with `args` and an empty stdin, killing it after `limit`.
 pub fn rvmm(args: &[&str], limit: Duration) -> Run {
+    rvmm_env(args, &[], limit)
+}
+
+/// As [`rvmm`], with extra environment variables.
+pub fn rvmm_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
     let start = Instant::now();
     let child = Command::new(RVMM)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
