@@ -44,7 +44,7 @@ pub enum Entry {
 }
 
 /// Builds (once per test binary and source) the guest `name` for `entry`:
-/// `hello` is a lone assembly file, the others are C on top of `entry.S`.
+/// `hello` and `halt` are lone assembly files, the others are C on top of `entry.S`.
 pub fn guest(name: &str, entry: Entry) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
@@ -57,8 +57,8 @@ pub fn guest(name: &str, entry: Entry) -> PathBuf {
     if out.exists() {
         return out;
     }
-    let sources: Vec<PathBuf> = if name == "hello" {
-        vec![src.join("hello.S")]
+    let sources: Vec<PathBuf> = if name == "hello" || name == "halt" {
+        vec![src.join(format!("{name}.S"))]
     } else {
         vec![src.join("entry.S"), src.join(format!("{name}.c"))]
     };

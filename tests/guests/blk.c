@@ -116,6 +116,33 @@ static void put_name(int index) {
     put_str(": ");
 }
 
+/* Bench mode ("blkbench.seqread" etc. on the command line): I/O only, no
+ * checks, so the host can time the transfer. Returns bytes moved. */
+static u64 bench(u64 base, u64 capacity, const char *cmdline) {
+    int seq = contains(cmdline, "blkbench.seq");
+    int writes = contains(cmdline, "write");
+    u32 len = seq ? CHUNK : 4096;
+    u64 moved = 0, x = 88172645463325252UL;
+    u64 requests = contains(cmdline, "blkbench.none") ? 0 : seq ? capacity * 512 / CHUNK : 4096;
+    for (u64 r = 0; r < requests; r++) {
+        u64 sector;
+        if (seq) {
+            sector = r * (CHUNK / 512);
+        } else {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            sector = (x % (capacity / 8)) * 8;
+        }
+        if (request(base, writes ? T_OUT : T_IN, sector, buffer, len, !writes) != 0) return moved;
+        moved += len;
+    }
+    if (writes) request(base, T_FLUSH, 0, 0, 0, 0);
+    return moved;
+}
+
+static const char *bench_cmdline;
+
 static void test_disk(int index, u64 base, int write) {
     if (REG(base, MAGIC) != 0x74726976 || REG(base, VERSION) != 2 || REG(base, DEVICE_ID) != 2) {
         put_name(index);
@@ -154,6 +181,14 @@ static void test_disk(int index, u64 base, int write) {
     REG(base, STATUS) = S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
 
     u64 capacity = *(volatile u64 *)(base + CONFIG);
+    if (bench_cmdline) {
+        u64 moved = bench(base, capacity, bench_cmdline);
+        put_str("blkbench: moved ");
+        put_hex(moved);
+        put_char('\n');
+        REG(base, STATUS) = 0;
+        return;
+    }
     put_name(index);
     put_str("capacity ");
     put_hex(capacity);
@@ -217,20 +252,22 @@ static void test_disk(int index, u64 base, int write) {
 }
 
 void guest_main(int kind, u64 info) {
-    if (kind != KIND_LINUX64) {
-        put_str("blk: needs the 64-bit entry\n");
-        return;
-    }
-    const char *cmdline = (const char *)(u64)read32(info + 0x228);
+    /* The command line, from hvm_start_info (PVH) or boot_params. */
+    const char *cmdline = (const char *)(kind == KIND_PVH ? read64(info + 24) : (u64)read32(info + 0x228));
     int write = contains(cmdline, "blktest.write");
+    if (contains(cmdline, "blkbench.")) bench_cmdline = cmdline;
     int index = 0;
+    /* Entries look like virtio_mmio.device=<size>@0x<base>:<irq>; rvmm
+     * gives 4K windows, QEMU 512-byte ones. */
     for (const char *s = cmdline; *s; s++) {
-        const char *key = "virtio_mmio.device=4K@0x";
+        const char *key = "virtio_mmio.device=";
         const char *a = s, *b = key;
         while (*b && *a == *b) a++, b++;
         if (*b) continue;
+        while (*a && *a != '@') a++;
+        if (a[0] != '@' || a[1] != '0' || a[2] != 'x') continue;
         u64 base = 0;
-        for (; *a && *a != ':'; a++) {
+        for (a += 3; *a && *a != ':'; a++) {
             char c = *a;
             base = base * 16 + (u64)(c >= 'a' ? c - 'a' + 10 : c - '0');
         }

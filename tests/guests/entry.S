@@ -70,6 +70,10 @@ from_pvh64:
     call guest_main
     .globl guest_reset
 guest_reset:
+    /* QEMU's isa-debug-exit (its microvm has no i8042), then the i8042 reset
+     * that rvmm and Firecracker act on. */
+    xor %eax, %eax
+    out %al, $0xf4
     mov $0xfe, %al
     out %al, $0x64
 3:  hlt

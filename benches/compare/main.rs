@@ -1,0 +1,583 @@
+//! `cargo bench`: rvmm side by side with QEMU's microvm, Firecracker (when
+//! RVMM_BENCH_FIRECRACKER names a binary) and a crun container, on the same
+//! guests and command lines, in one run. Prints a table per measure (min /
+//! median / max, ratio to rvmm) and writes target/bench/results.json and
+//! target/bench/report.md.
+//!
+//! Sections: startup, phases, memory, density, block, images. Pass names to
+//! run only some (`cargo bench -- startup memory`). Knobs:
+//! RVMM_BENCH_ITERATIONS (default 15), RVMM_BENCH_DENSITY (largest N, default 200).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod peers;
+mod stats;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{guest, pseudo_random_bytes, Entry};
+use peers::{vm_command, Bundle, Peer, VmSpec};
+use stats::{Series, Table};
+
+const MIB: u64 = 1 << 20;
+const WARMUP: usize = 3;
+
+fn iterations() -> usize {
+    std::env::var("RVMM_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15)
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Spawns `cmd` and returns (time to the first stdout line containing
+/// `marker`, time to exit), or None if the marker never came.
+fn time_run(mut cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut first = None;
+    while first.is_none() {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&seen).contains(marker) {
+                    first = Some(start.elapsed());
+                }
+            }
+        }
+    }
+    let _ = std::io::copy(&mut out, &mut std::io::sink());
+    let _ = child.wait();
+    Some((ms(first?), ms(start.elapsed())))
+}
+
+/// Runs `f(peer)` for every peer in turn (A B A B ...), warm-up first.
+fn interleave(peers: &[Peer], mut f: impl FnMut(&Peer) -> Option<Vec<f64>>, tables: &mut [Table]) {
+    for t in tables.iter_mut() {
+        t.series = peers.iter().map(|p| Series::new(p.name())).collect();
+    }
+    for round in 0..WARMUP + iterations() {
+        for (i, peer) in peers.iter().enumerate() {
+            let Some(values) = f(peer) else { continue };
+            if round >= WARMUP {
+                for (t, v) in tables.iter_mut().zip(values) {
+                    t.series[i].samples.push(v);
+                }
+            }
+        }
+    }
+    for t in tables.iter_mut() {
+        t.series.retain(|s| !s.samples.is_empty());
+    }
+}
+
+fn startup(peers: &[Peer], scratch: &Path) -> Vec<Table> {
+    let kernel = guest("hello", Entry::Pvh);
+    let spec = VmSpec {
+        kernel: &kernel,
+        mem_mib: 128,
+        cmdline: "console=ttyS0",
+        disks: &[],
+    };
+    let bundles: Vec<Option<Bundle>> = peers
+        .iter()
+        .map(|p| match p {
+            Peer::Container(rt) => Bundle::new(
+                rt,
+                scratch,
+                &["/bin/busybox", "echo", "Hello from a container"],
+            ),
+            _ => None,
+        })
+        .collect();
+    let mut tables = [
+        Table::new("start-up: process start to first guest output", "ms", false),
+        Table::new("start-up: process start to exit", "ms", false),
+    ];
+    interleave(
+        peers,
+        |peer| {
+            let index = peers.iter().position(|p| p.name() == peer.name()).unwrap();
+            let (cmd, marker) = match peer {
+                Peer::Container(rt) => (
+                    bundles[index].as_ref()?.run_command(rt),
+                    "Hello from a container",
+                ),
+                vm => (
+                    vm_command(vm, &spec, scratch),
+                    "Hello from the rvmm PVH test guest",
+                ),
+            };
+            let (first, exit) = time_run(cmd, marker)?;
+            Some(vec![first, exit])
+        },
+        &mut tables,
+    );
+    tables.to_vec()
+}
+
+/// rvmm's own phases, from its debug log.
+fn phases(scratch: &Path) -> Vec<Table> {
+    let kernel = guest("hello", Entry::Pvh);
+    let names = [
+        "VM created",
+        "memory mapped",
+        "kernel loaded",
+        "first KVM_RUN",
+    ];
+    let mut wall: Vec<Series> = names.iter().map(|n| Series::new(n)).collect();
+    let mut cpu: Vec<Series> = names.iter().map(|n| Series::new(n)).collect();
+    for round in 0..WARMUP + iterations() {
+        let spec = VmSpec {
+            kernel: &kernel,
+            mem_mib: 128,
+            cmdline: "console=ttyS0",
+            disks: &[],
+        };
+        let out = vm_command(&Peer::Rvmm, &spec, scratch)
+            .env("RUST_LOG", "rvmm::vmm=debug")
+            .output()
+            .unwrap();
+        if round < WARMUP {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            let Some(rest) = line.split("phase: ").nth(1) else {
+                continue;
+            };
+            for (i, name) in names.iter().enumerate() {
+                if let Some(times) = rest.strip_prefix(&format!("{name} at ")) {
+                    let nums: Vec<f64> = times.split(' ').filter_map(|w| w.parse().ok()).collect();
+                    if let [w, c] = nums[..] {
+                        wall[i].samples.push(w);
+                        cpu[i].samples.push(c);
+                    }
+                }
+            }
+        }
+    }
+    let mut t_wall = Table::new("rvmm phases since exec, wall", "ms", false);
+    t_wall.series = wall;
+    let mut t_cpu = Table::new("rvmm phases since exec, CPU", "ms", false);
+    t_cpu.series = cpu;
+    vec![t_wall, t_cpu]
+}
+
+/// Resident memory of `pid` that is not guest RAM, in KiB: every mapping's
+/// Rss except the largest anonymous mapping at least as big as guest memory
+/// (Firecracker's method).
+fn overhead_kib(pid: u32, guest_bytes: u64) -> Option<f64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut mappings: Vec<(u64, u64, bool)> = Vec::new(); // (size, rss KiB, anonymous)
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && f.chars().next().unwrap().is_ascii_hexdigit())
+        {
+            let (a, b) = fields[0].split_once('-')?;
+            let size = u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?;
+            mappings.push((size, 0, fields.len() < 6));
+        } else if fields.first() == Some(&"Rss:") {
+            mappings.last_mut()?.1 = fields[1].parse().ok()?;
+        }
+    }
+    let guest = mappings
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.2 && m.0 >= guest_bytes)
+        .max_by_key(|(_, m)| m.0)
+        .map(|(i, _)| i);
+    Some(
+        mappings
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != guest)
+            .map(|(_, m)| m.1 as f64)
+            .sum(),
+    )
+}
+
+/// Starts an idle guest (or container) and waits until it says it is ready.
+fn start_idle(
+    peer: &Peer,
+    mem_mib: u64,
+    kernel: &Path,
+    bundle: Option<&Bundle>,
+    scratch: &Path,
+) -> Option<Child> {
+    let spec = VmSpec {
+        kernel,
+        mem_mib,
+        cmdline: "console=ttyS0",
+        disks: &[],
+    };
+    let mut cmd = match peer {
+        Peer::Container(rt) => bundle?.run_command(rt),
+        vm => vm_command(vm, &spec, scratch),
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    // Keep the pipe open so the guest never sees a closed console.
+    std::mem::forget(out);
+    Some(child)
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
+    let kernel = guest("halt", Entry::Pvh);
+    let bundles: Vec<Option<Bundle>> = peers
+        .iter()
+        .map(|p| match p {
+            Peer::Container(rt) => Bundle::new(
+                rt,
+                scratch,
+                &["/bin/busybox", "sh", "-c", "echo ready; sleep 600"],
+            ),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for mem_mib in [128, 2048] {
+        let mut table = [Table::new(
+            &format!("memory overhead, {mem_mib} MiB guest"),
+            "MiB",
+            false,
+        )];
+        interleave(
+            peers,
+            |peer| {
+                let index = peers.iter().position(|p| p.name() == peer.name()).unwrap();
+                let child = start_idle(peer, mem_mib, &kernel, bundles[index].as_ref(), scratch)?;
+                std::thread::sleep(Duration::from_millis(100));
+                let kib = overhead_kib(
+                    child.id(),
+                    if peer.is_vm() {
+                        mem_mib * MIB
+                    } else {
+                        u64::MAX
+                    },
+                );
+                stop(child);
+                Some(vec![kib? / 1024.0])
+            },
+            &mut table,
+        );
+        out.extend(table);
+    }
+    out
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
+    let max: usize = std::env::var("RVMM_BENCH_DENSITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let steps: Vec<usize> = [10, 50, 100, 200, 500, 1000]
+        .into_iter()
+        .filter(|n| *n <= max)
+        .collect();
+    let kernel = guest("halt", Entry::Pvh);
+    let mut largest = Table::new(
+        "density: most idle 128 MiB instances started at once",
+        "count",
+        true,
+    );
+    let mut time = Table::new(
+        &format!(
+            "density: time until all of {} are up",
+            steps.last().unwrap()
+        ),
+        "ms",
+        false,
+    );
+    let mut per_vm = Table::new("density: host memory per instance", "MiB", false);
+    for peer in peers {
+        let bundle = match peer {
+            Peer::Container(rt) => Bundle::new(
+                rt,
+                scratch,
+                &["/bin/busybox", "sh", "-c", "echo ready; sleep 600"],
+            ),
+            _ => None,
+        };
+        let mut best = 0;
+        let (mut s_time, mut s_mem) = (Series::new(peer.name()), Series::new(peer.name()));
+        for &n in &steps {
+            let free_before = mem_available_kib();
+            let start = Instant::now();
+            let children: Vec<Option<Child>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..n)
+                    .map(|_| s.spawn(|| start_idle(peer, 128, &kernel, bundle.as_ref(), scratch)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().ok().flatten())
+                    .collect()
+            });
+            let elapsed = ms(start.elapsed());
+            let ok = children.iter().all(Option::is_some);
+            let used = free_before - mem_available_kib();
+            let rss: f64 = children.iter().flatten().map(|c| rss_kib(c.id())).sum();
+            for c in children.into_iter().flatten() {
+                stop(c);
+            }
+            if !ok {
+                eprintln!("density: {} could not start {n} at once", peer.name());
+                break;
+            }
+            best = n;
+            if n == *steps.last().unwrap() {
+                s_time.samples.push(elapsed);
+                s_mem.samples.push(used.max(rss) / 1024.0 / n as f64);
+            }
+        }
+        let mut s = Series::new(peer.name());
+        s.samples.push(best as f64);
+        largest.series.push(s);
+        time.series.push(s_time);
+        per_vm.series.push(s_mem);
+        if let Peer::Container(_) = peer {
+            cleanup_containers();
+        }
+    }
+    vec![largest, time, per_vm]
+}
+
+fn mem_available_kib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn cleanup_containers() {
+    if let Ok(out) = std::process::Command::new("crun")
+        .arg("list")
+        .arg("-q")
+        .output()
+    {
+        for name in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("rvmm-bench-"))
+        {
+            let _ = std::process::Command::new("crun")
+                .args(["delete", "-f", name])
+                .status();
+        }
+    }
+}
+
+fn block(peers: &[Peer], scratch: &Path) -> Vec<Table> {
+    let kernel = guest("blk", Entry::Pvh);
+    let disk = scratch.join("bench-disk.img");
+    std::fs::write(&disk, pseudo_random_bytes(64 * MIB as usize, 9)).unwrap();
+    let disks = [disk];
+    let vms: Vec<Peer> = peers.iter().filter(|p| p.is_vm()).cloned().collect();
+    let modes = [
+        ("seqread", "sequential 64 KiB reads"),
+        ("seqwrite", "sequential 64 KiB writes"),
+        ("randread", "random 4 KiB reads"),
+        ("randwrite", "random 4 KiB writes"),
+    ];
+    let mut out = Vec::new();
+    for (mode, title) in modes {
+        let mut table = [Table::new(
+            &format!("block I/O, polled guest driver: {title}"),
+            "MiB/s",
+            true,
+        )];
+        interleave(
+            &vms,
+            |peer| {
+                let run = |m: &str| {
+                    let cmdline = format!("console=ttyS0 blkbench.{m}");
+                    let spec = VmSpec {
+                        kernel: &kernel,
+                        mem_mib: 128,
+                        cmdline: &cmdline,
+                        disks: &disks,
+                    };
+                    time_run(vm_command(peer, &spec, scratch), "blk: done")
+                };
+                let (_, idle) = run("none")?;
+                let (_, busy) = run(mode)?;
+                let bytes = if mode.starts_with("seq") {
+                    64 * MIB
+                } else {
+                    4096 * 4096
+                } as f64;
+                Some(vec![bytes / MIB as f64 / ((busy - idle).max(0.1) / 1000.0)])
+            },
+            &mut table,
+        );
+        out.extend(table);
+    }
+    out
+}
+
+fn images(peers: &[Peer], scratch: &Path) -> Vec<Table> {
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len() as f64 / MIB as f64)
+            .ok()
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images/out");
+    let linux = size(&root.join("bzImage"))
+        .zip(size(&root.join("initramfs.cpio")))
+        .map(|(k, i)| k + i);
+    let mut table = Table::new(
+        "image size: kernel + initramfs, or container rootfs",
+        "MiB",
+        false,
+    );
+    for peer in peers {
+        let mut s = Series::new(peer.name());
+        match peer {
+            Peer::Container(rt) => {
+                if let Some(b) = Bundle::new(rt, scratch, &["/bin/busybox", "true"]) {
+                    s.samples.push(b.rootfs_bytes() as f64 / MIB as f64);
+                }
+            }
+            _ => s.samples.extend(linux),
+        }
+        table.series.push(s);
+    }
+    if linux.is_none() {
+        eprintln!(
+            "images: guest-images/out is empty; run guest-images/build.sh for the VM image sizes"
+        );
+    }
+    vec![table]
+}
+
+fn host_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kind = if Path::new("/sys/module/kvm_pvm").exists() {
+        "PVM-backed KVM (nested; guest kernel code is emulated)"
+    } else {
+        "hardware KVM"
+    };
+    format!(
+        "{} CPUs ({cpu}), {kind}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+fn main() {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    common::require_kvm();
+    let scratch = scratch_dir();
+    let peers = peers::available();
+    let systems: Vec<String> = peers.iter().map(|p| p.name().to_string()).collect();
+    eprintln!("comparing: {}", systems.join(", "));
+
+    let mut tables: Vec<Table> = Vec::new();
+    let sections: [(&str, &dyn Fn() -> Vec<Table>); 6] = [
+        ("startup", &|| startup(&peers, &scratch)),
+        ("phases", &|| phases(&scratch)),
+        ("memory", &|| memory(&peers, &scratch)),
+        ("density", &|| density(&peers, &scratch)),
+        ("block", &|| block(&peers, &scratch)),
+        ("images", &|| images(&peers, &scratch)),
+    ];
+    for (name, section) in sections {
+        if !run(name) {
+            continue;
+        }
+        eprintln!("running {name} ...");
+        for t in section() {
+            print!("{}", t.render());
+            tables.push(t);
+        }
+    }
+
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let json: Vec<String> = tables.iter().map(Table::to_json).collect();
+    std::fs::write(
+        out_dir.join("results.json"),
+        format!("[{}]\n", json.join(",\n")),
+    )
+    .unwrap();
+    let comparable: Vec<Table> = tables
+        .iter()
+        .filter(|t| !t.title.starts_with("rvmm phases"))
+        .cloned()
+        .collect();
+    let report = stats::markdown_report(&comparable, &systems, &host_description());
+    std::fs::write(out_dir.join("report.md"), &report).unwrap();
+    println!("\n{report}");
+    println!("written: target/bench/results.json, target/bench/report.md");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -1,0 +1,204 @@
+//! The systems compared, and how each is told to run a guest: rvmm, QEMU's
+//! microvm machine, Firecracker (when RVMM_BENCH_FIRECRACKER names a binary)
+//! and, for the container column, crun.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Clone, Debug)]
+pub enum Peer {
+    Rvmm,
+    Qemu,
+    Firecracker(PathBuf),
+    Container(PathBuf),
+}
+
+impl Peer {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Peer::Rvmm => "rvmm",
+            Peer::Qemu => "qemu-microvm",
+            Peer::Firecracker(_) => "firecracker",
+            Peer::Container(_) => "crun container",
+        }
+    }
+
+    pub fn is_vm(&self) -> bool {
+        !matches!(self, Peer::Container(_))
+    }
+}
+
+/// What to boot.
+pub struct VmSpec<'a> {
+    pub kernel: &'a Path,
+    pub mem_mib: u64,
+    pub cmdline: &'a str,
+    pub disks: &'a [PathBuf],
+}
+
+/// A command that boots `spec` on `peer`, with the console on stdout.
+/// `scratch` is a directory the peer may write its configuration to.
+pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
+    let mem = spec.mem_mib.to_string();
+    match peer {
+        Peer::Rvmm => {
+            let mut c = Command::new(crate::common::RVMM);
+            c.args([
+                "--kernel",
+                &spec.kernel.display().to_string(),
+                "--mem",
+                &mem,
+                "--cmdline",
+                spec.cmdline,
+            ]);
+            for d in spec.disks {
+                c.arg("--disk").arg(d);
+            }
+            c
+        }
+        Peer::Qemu => {
+            let mut c = Command::new("qemu-system-x86_64");
+            c.args(["-M", "microvm", "-enable-kvm", "-m", &mem, "-smp", "1"])
+                .args([
+                    "-nodefaults",
+                    "-no-user-config",
+                    "-display",
+                    "none",
+                    "-serial",
+                    "stdio",
+                    "-no-reboot",
+                ])
+                .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+                .arg("-kernel")
+                .arg(spec.kernel)
+                .args(["-append", spec.cmdline]);
+            for (i, d) in spec.disks.iter().enumerate() {
+                c.arg("-drive")
+                    .arg(format!(
+                        "id=d{i},file={},format=raw,if=none,cache=writeback",
+                        d.display()
+                    ))
+                    .args(["-device", &format!("virtio-blk-device,drive=d{i}")]);
+            }
+            c
+        }
+        Peer::Firecracker(bin) => {
+            let drives: Vec<String> = spec
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    format!(
+                        r#"{{"drive_id":"vd{i}","path_on_host":"{}","is_root_device":false,"is_read_only":false}}"#,
+                        d.display()
+                    )
+                })
+                .collect();
+            let config = format!(
+                r#"{{"boot-source":{{"kernel_image_path":"{}","boot_args":"{}"}},"drives":[{}],"machine-config":{{"vcpu_count":1,"mem_size_mib":{}}}}}"#,
+                spec.kernel.display(),
+                spec.cmdline,
+                drives.join(","),
+                spec.mem_mib
+            );
+            let path = scratch.join(format!("firecracker-{}.json", unique()));
+            std::fs::write(&path, config).unwrap();
+            let mut c = Command::new(bin);
+            c.args(["--no-api", "--level", "Error", "--config-file"])
+                .arg(path);
+            c
+        }
+        Peer::Container(_) => unreachable!("containers do not boot kernels"),
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// An OCI bundle with a busybox root, for crun.
+pub struct Bundle {
+    pub dir: PathBuf,
+}
+
+impl Bundle {
+    /// Makes a bundle whose process runs `args`.
+    pub fn new(runtime: &Path, scratch: &Path, args: &[&str]) -> Option<Bundle> {
+        let dir = scratch.join(format!("bundle-{}", unique()));
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).ok()?;
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).ok()?;
+        let ok = Command::new(runtime)
+            .arg("spec")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .ok()?;
+        if !ok.success() {
+            return None;
+        }
+        let spec_path = dir.join("config.json");
+        let spec = std::fs::read_to_string(&spec_path).ok()?;
+        let quoted: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+        let spec = spec
+            .replace("\"terminal\": true", "\"terminal\": false")
+            .replace("\"sh\"", &quoted.join(", "));
+        std::fs::write(spec_path, spec).ok()?;
+        Some(Bundle { dir })
+    }
+
+    pub fn rootfs_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.join("rootfs/bin/busybox"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// `crun run` of this bundle under a fresh container name.
+    pub fn run_command(&self, runtime: &Path) -> Command {
+        let mut c = Command::new(runtime);
+        c.args(["run", "--bundle"])
+            .arg(&self.dir)
+            .arg(format!("rvmm-bench-{}", unique()));
+        c
+    }
+}
+
+/// Installs a Debian package if `probe` is missing. Returns whether `probe` exists after.
+pub fn ensure_package(package: &str, probe: &str) -> bool {
+    if Path::new(probe).exists() {
+        return true;
+    }
+    eprintln!("bench setup: installing {package} (Debian) for the comparison");
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "-qq", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status();
+    Path::new(probe).exists()
+}
+
+/// The systems available on this host, rvmm first.
+pub fn available() -> Vec<Peer> {
+    let mut peers = vec![Peer::Rvmm];
+    if ensure_package("qemu-system-x86", "/usr/bin/qemu-system-x86_64") {
+        peers.push(Peer::Qemu);
+    } else {
+        eprintln!("bench setup: QEMU is not available; its column is left out");
+    }
+    match std::env::var_os("RVMM_BENCH_FIRECRACKER") {
+        Some(bin) if Path::new(&bin).is_file() => peers.push(Peer::Firecracker(bin.into())),
+        Some(bin) => eprintln!("bench setup: RVMM_BENCH_FIRECRACKER={bin:?} is not a file; Firecracker left out"),
+        None => eprintln!("bench setup: set RVMM_BENCH_FIRECRACKER=/path/to/firecracker to compare with Firecracker"),
+    }
+    if ensure_package("crun", "/usr/bin/crun") {
+        peers.push(Peer::Container("/usr/bin/crun".into()));
+    }
+    peers
+}
