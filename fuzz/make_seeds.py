@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Writes the seed inputs of the block_request fuzz target: one well-formed
+request of each type, laid out as the target expects (see its header)."""
+import os
+import struct
+
+DESC, AVAIL, USED, HEADER, DATA, STATUS = 0x100, 0x200, 0x300, 0x400, 0x600, 0x900
+NEXT, WRITE = 1, 2
+
+
+def seed(kind, sector, data_len, device_writes, payload=b""):
+    mem = bytearray(0xa00)
+    chain = [(HEADER, 16, NEXT)]
+    if data_len:
+        chain.append((DATA, data_len, NEXT | (WRITE if device_writes else 0)))
+    chain.append((STATUS, 1, WRITE))
+    for i, (addr, length, flags) in enumerate(chain):
+        nxt = i + 1 if flags & NEXT else 0
+        struct.pack_into("<QIHH", mem, DESC + 16 * i, addr, length, flags, nxt)
+    struct.pack_into("<HHH", mem, AVAIL, 0, 1, 0)  # flags, idx, ring[0]
+    struct.pack_into("<IIQ", mem, HEADER, kind, 0, sector)
+    mem[DATA:DATA + len(payload)] = payload
+    head = struct.pack("<HIIIB", 8, DESC, AVAIL, USED, 1)
+    notify = struct.pack("<BI", 0x50 // 4, 0)  # one extra QueueNotify write
+    return head + notify + bytes(mem)
+
+
+seeds = {
+    "read": seed(0, 1, 512, True),
+    "write": seed(1, 2, 512, False, b"\x5a" * 512),
+    "flush": seed(4, 0, 0, False),
+    "get_id": seed(8, 0, 20, True),
+    "discard": seed(11, 0, 16, False, struct.pack("<QII", 4, 2, 0)),
+    "write_zeroes": seed(13, 0, 16, False, struct.pack("<QII", 8, 1, 1)),
+}
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "block_request")
+os.makedirs(out, exist_ok=True)
+for name, data in seeds.items():
+    with open(os.path.join(out, name), "wb") as f:
+        f.write(data)
