@@ -24,6 +24,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Log boot times when the guest writes to the boot timer.
     pub boot_timer: bool,
+    /// Confine each thread with a seccomp filter before the guest runs. The
+    /// filter stays on the calling thread after `run` returns.
+    pub seccomp: bool,
 }
 
 /// One `--disk PATH[,ro][,id=STR]`.
@@ -86,6 +89,7 @@ impl VmConfig {
             hugepages: false,
             disks: Vec::new(),
             boot_timer: false,
+            seccomp: true,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod host;
 pub mod hypervisor;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
 pub mod vmm;

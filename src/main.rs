@@ -54,6 +54,10 @@ struct Cli {
     /// started (wall and CPU) and since the guest first ran.
     #[arg(long)]
     boot_timer: bool,
+
+    /// Run without the per-thread seccomp filters (for debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn after_help() -> String {
@@ -65,6 +69,12 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
+    // SAFETY: getuid/geteuid/getgid/getegid only read the process's IDs.
+    let setid = unsafe { libc::getuid() != libc::geteuid() || libc::getgid() != libc::getegid() };
+    if setid {
+        eprintln!("rvmm: error: rvmm refuses to run set-user-ID or set-group-ID; run it as the user who owns the VM");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let disks = match cli
         .disks
@@ -87,6 +97,7 @@ fn main() -> ExitCode {
         hugepages: cli.hugepages,
         disks,
         boot_timer: cli.boot_timer,
+        seccomp: !cli.no_seccomp,
     };
     match rvmm::run(&config) {
         Ok(reason) => {

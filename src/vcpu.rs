@@ -3,7 +3,7 @@
 
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -151,6 +151,28 @@ fn internal_error_name(suberror: u32) -> &'static str {
     }
 }
 
+/// Holds vCPU threads back until the VMM thread has sandboxed itself, so no
+/// guest instruction runs before every thread is filtered.
+#[derive(Default)]
+pub struct StartGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    pub fn open(&self) {
+        *rvmm_devices::bus::lock(&self.open) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = rvmm_devices::bus::lock(&self.open);
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// One vCPU, ready to run on its own thread.
 pub struct Vcpu {
     pub id: u8,
@@ -226,13 +248,25 @@ impl Vcpu {
         }
     }
 
-    /// Starts the vCPU on a thread named `rvmm-vcpu-N`.
-    pub fn start(mut self, stop: Arc<VmStop>) -> std::io::Result<VcpuHandle> {
+    /// Starts the vCPU on a thread named `rvmm-vcpu-N`. The thread installs
+    /// its seccomp filter (when `sandbox`), then waits for `gate` to open.
+    pub fn start(
+        mut self,
+        stop: Arc<VmStop>,
+        gate: Arc<StartGate>,
+        sandbox: bool,
+    ) -> std::io::Result<VcpuHandle> {
         let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8 as usize;
         let id = self.id;
         let thread = std::thread::Builder::new()
             .name(format!("rvmm-vcpu-{id}"))
             .spawn(move || {
+                if sandbox {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+                        stop.request(StopReason::Error(e.to_string()));
+                    }
+                }
+                gate.wait();
                 self.run(&stop);
                 // Handing the vCPU back keeps its kvm_run mapping alive until
                 // the VMM has joined this thread (see VcpuHandle::kick).

@@ -22,8 +22,9 @@ use crate::disks::{self, DiskError};
 use crate::host;
 use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::seccomp;
 use crate::signals::{self, StopSignals};
-use crate::vcpu::{self, StopReason, Vcpu, VcpuHandle, VmStop};
+use crate::vcpu::{self, StartGate, StopReason, Vcpu, VcpuHandle, VmStop};
 use crate::x86::regs::{self, EntryMode, RegsError};
 use crate::x86::{cpuid, mptable, paging};
 
@@ -351,9 +352,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
 
     phase("first KVM_RUN");
     let _ = first_run.set(Instant::now());
+    let gate = Arc::new(StartGate::default());
     let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
-        match vcpu.start(stop.clone()) {
+        match vcpu.start(stop.clone(), gate.clone(), config.seccomp) {
             Ok(handle) => handles.push(handle),
             Err(e) => {
                 stop.request(StopReason::Error(format!(
@@ -363,6 +365,15 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
             }
         }
     }
+
+    if config.seccomp {
+        if let Err(e) = seccomp::apply(seccomp::ThreadKind::Vmm) {
+            stop.request(StopReason::Error(e.to_string()));
+        }
+    } else {
+        log::warn!("--no-seccomp: rvmm runs without its sandbox; a guest that breaks out of a device reaches the whole host user");
+    }
+    gate.open();
 
     let mut loop_error = None;
     while !stop.is_stopping() {

@@ -1,0 +1,152 @@
+//! Per-thread seccomp filters (seccompiler). The VMM thread and each vCPU
+//! thread install their own allow-list before any guest code runs; anything
+//! else kills the whole process (SIGSYS). The lists are what those threads
+//! call once the VM is built: files and KVM objects are all open by then.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+/// Which thread a filter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The event loop: console input, disk requests, stopping the VM.
+    Vmm,
+    /// A vCPU thread: KVM_RUN and device register accesses.
+    Vcpu,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("could not build the {0:?} seccomp filter: {1}")]
+    Build(ThreadKind, String),
+    #[error("could not install the {0:?} seccomp filter: {1}; run with --no-seccomp to debug without it")]
+    Install(ThreadKind, String),
+}
+
+/// ioctl request numbers (x86_64): _IO(KVMIO, 0x80), _IOR(KVMIO, 0x81, struct kvm_regs).
+const KVM_RUN: u64 = 0xae80;
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+const TCGETS: u64 = 0x5401;
+const TCSETS: u64 = 0x5402;
+
+/// System calls every rvmm thread makes: memory management by the allocator,
+/// locks, signals (the vCPU kick), time, and thread exit.
+const COMMON: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_futex,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_sched_yield,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// The event loop's own: polling, disk I/O, closing what the VM owned.
+const VMM_ONLY: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fallocate,
+    libc::SYS_lseek,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_getrandom,
+];
+
+fn ioctl_rule(request: u64) -> SeccompRule {
+    let condition = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+        .expect("argument 1 exists");
+    SeccompRule::new(vec![condition]).expect("one condition is a valid rule")
+}
+
+/// The BPF program for `kind`.
+pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().map(|s| (*s, vec![])).collect();
+    let ioctls = match kind {
+        ThreadKind::Vmm => {
+            rules.extend(VMM_ONLY.iter().map(|s| (*s, vec![])));
+            // Terminal settings, put back when the VM stops.
+            vec![ioctl_rule(TCGETS), ioctl_rule(TCSETS)]
+        }
+        ThreadKind::Vcpu => vec![ioctl_rule(KVM_RUN), ioctl_rule(KVM_GET_REGS)],
+    };
+    rules.insert(libc::SYS_ioctl, ioctls);
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string()))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(|e| SeccompError::Build(kind, e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string()))
+}
+
+/// Installs the filter for `kind` on the calling thread, for good.
+pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
+    let program = filter(kind)?;
+    seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_structures() {
+        let size = std::mem::size_of::<kvm_bindings::kvm_regs>() as u64;
+        assert_eq!(KVM_GET_REGS, (2 << 30) | (size << 16) | (0xae << 8) | 0x81);
+        assert_eq!(KVM_RUN, (0xae << 8) | 0x80);
+    }
+
+    #[test]
+    fn both_filters_build() {
+        assert!(!filter(ThreadKind::Vmm).unwrap().is_empty());
+        assert!(!filter(ThreadKind::Vcpu).unwrap().is_empty());
+    }
+
+    #[test]
+    fn vcpus_may_not_do_file_io() {
+        let vcpu: Vec<i64> = COMMON.to_vec();
+        for forbidden in [
+            libc::SYS_openat,
+            libc::SYS_pwrite64,
+            libc::SYS_socket,
+            libc::SYS_execve,
+        ] {
+            assert!(!vcpu.contains(&forbidden));
+        }
+    }
+}
