@@ -238,3 +238,35 @@ fn a_disk_in_use_by_another_vm_is_refused() {
     );
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
 }
+
+#[test]
+fn a_hostile_guest_cannot_crash_rvmm_or_touch_the_disk() {
+    require_kvm();
+    let kernel = guest("hostile", Entry::Linux64);
+    let disk = scratch("hostile.img");
+    let bytes = pseudo_random_bytes(MIB, 4);
+    std::fs::write(&disk, &bytes).unwrap();
+    let run = rvmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.stdout.contains("hostile: survived"), "{}", run.stdout);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        bytes,
+        "no valid write was sent, so the disk must not change"
+    );
+}

@@ -415,7 +415,7 @@ impl VirtioDevice for Block {
             let head = chain.head_index();
             let len = self.serve(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {
-                log::warn!("virtio-blk: cannot return request {head} to the guest: {e}");
+                log::debug!("virtio-blk: cannot return request {head} to the guest: {e}");
                 break;
             }
             used = true;

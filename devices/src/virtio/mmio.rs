@@ -104,7 +104,7 @@ impl MmioTransport {
             return;
         }
         if self.queue_misconfigured[index] || !queue.is_valid(&self.mem) {
-            log::warn!(
+            log::debug!(
                 "virtio: queue {index} is misconfigured by the guest; the device needs a reset"
             );
             self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
