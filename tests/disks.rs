@@ -139,6 +139,7 @@ fn guest_reads_writes_and_flushes_through_virtio_blk() {
         readonly_bytes,
         "read-only disk changed"
     );
+    let _ = std::fs::remove_file(&data);
 }
 
 fn assert_refused(args: &[&str], expected: &str) {

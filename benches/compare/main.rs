@@ -1,5 +1,5 @@
 //! `cargo bench`: rvmm side by side with QEMU's microvm, Firecracker (when
-//! RVMM_BENCH_FIRECRACKER names a binary) and a crun container, on the same
+//! RVMM_BENCH_FIRECRACKER names a binary) and a runc container, on the same
 //! guests and command lines, in one run. Prints a table per measure (min /
 //! median / max, ratio to rvmm) and writes target/bench/results.json and
 //! target/bench/report.md.
@@ -44,7 +44,12 @@ fn ms(d: Duration) -> f64 {
 
 /// Spawns `cmd` and returns (time to the first stdout line containing
 /// `marker`, time to exit), or None if the marker never came.
-fn time_run(mut cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> {
+fn time_run(cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> {
+    time_run_output(cmd, marker).map(|(first, exit, _)| (first, exit))
+}
+
+/// As [`time_run`], also returning everything the guest printed.
+fn time_run_output(mut cmd: std::process::Command, marker: &str) -> Option<(f64, f64, String)> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -67,9 +72,13 @@ fn time_run(mut cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> 
             }
         }
     }
-    let _ = std::io::copy(&mut out, &mut std::io::sink());
+    let _ = out.read_to_end(&mut seen);
     let _ = child.wait();
-    Some((ms(first?), ms(start.elapsed())))
+    Some((
+        ms(first?),
+        ms(start.elapsed()),
+        String::from_utf8_lossy(&seen).into_owned(),
+    ))
 }
 
 /// Runs `f(peer)` for every peer in turn (A B A B ...), warm-up first.
@@ -307,6 +316,7 @@ fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         );
         out.extend(table);
     }
+    cleanup_containers();
     out
 }
 
@@ -411,7 +421,7 @@ fn mem_available_kib() -> f64 {
 }
 
 fn cleanup_containers() {
-    if let Ok(out) = std::process::Command::new("crun")
+    if let Ok(out) = std::process::Command::new("runc")
         .arg("list")
         .arg("-q")
         .output()
@@ -420,7 +430,7 @@ fn cleanup_containers() {
             .lines()
             .filter(|l| l.starts_with("rvmm-bench-"))
         {
-            let _ = std::process::Command::new("crun")
+            let _ = std::process::Command::new("runc")
                 .args(["delete", "-f", name])
                 .status();
         }
@@ -449,7 +459,13 @@ fn block(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         interleave(
             &vms,
             |peer| {
-                let run = |m: &str| {
+                let bytes = if mode.starts_with("seq") {
+                    64 * MIB
+                } else {
+                    4096 * 4096
+                };
+                // Counted only when the guest moved every byte it was asked to.
+                let run = |m: &str, expected: u64| {
                     let cmdline = format!("console=ttyS0 blkbench.{m}");
                     let spec = VmSpec {
                         kernel: &kernel,
@@ -457,16 +473,16 @@ fn block(peers: &[Peer], scratch: &Path) -> Vec<Table> {
                         cmdline: &cmdline,
                         disks: &disks,
                     };
-                    time_run(vm_command(peer, &spec, scratch), "blk: done")
+                    let (_, total, out) =
+                        time_run_output(vm_command(peer, &spec, scratch), "blk: done")?;
+                    out.contains(&format!("blkbench: moved {expected:#018x}"))
+                        .then_some(total)
                 };
-                let (_, idle) = run("none")?;
-                let (_, busy) = run(mode)?;
-                let bytes = if mode.starts_with("seq") {
-                    64 * MIB
-                } else {
-                    4096 * 4096
-                } as f64;
-                Some(vec![bytes / MIB as f64 / ((busy - idle).max(0.1) / 1000.0)])
+                let idle = run("none", 0)?;
+                let busy = run(mode, bytes)?;
+                Some(vec![
+                    bytes as f64 / MIB as f64 / ((busy - idle).max(0.1) / 1000.0),
+                ])
             },
             &mut table,
         );

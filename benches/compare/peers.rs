@@ -1,6 +1,7 @@
 //! The systems compared, and how each is told to run a guest: rvmm, QEMU's
 //! microvm machine, Firecracker (when RVMM_BENCH_FIRECRACKER names a binary)
-//! and, for the container column, crun.
+//! and, for the container column, runc (crun refuses hosts with hybrid
+//! cgroups, which these are).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,7 +20,7 @@ impl Peer {
             Peer::Rvmm => "rvmm",
             Peer::Qemu => "qemu-microvm",
             Peer::Firecracker(_) => "firecracker",
-            Peer::Container(_) => "crun container",
+            Peer::Container(_) => "runc container",
         }
     }
 
@@ -69,6 +70,8 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
                     "-no-reboot",
                 ])
                 .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+                // virtio 1.x transports, as rvmm and Firecracker have.
+                .args(["-global", "virtio-mmio.force-legacy=false"])
                 .arg("-kernel")
                 .arg(spec.kernel)
                 .args(["-append", spec.cmdline]);
@@ -122,7 +125,7 @@ fn unique() -> String {
     )
 }
 
-/// An OCI bundle with a busybox root, for crun.
+/// An OCI bundle with a busybox root, for runc.
 pub struct Bundle {
     pub dir: PathBuf,
 }
@@ -159,7 +162,7 @@ impl Bundle {
             .unwrap_or(0)
     }
 
-    /// `crun run` of this bundle under a fresh container name.
+    /// `runc run` of this bundle under a fresh container name.
     pub fn run_command(&self, runtime: &Path) -> Command {
         let mut c = Command::new(runtime);
         c.args(["run", "--bundle"])
@@ -197,8 +200,10 @@ pub fn available() -> Vec<Peer> {
         Some(bin) => eprintln!("bench setup: RVMM_BENCH_FIRECRACKER={bin:?} is not a file; Firecracker left out"),
         None => eprintln!("bench setup: set RVMM_BENCH_FIRECRACKER=/path/to/firecracker to compare with Firecracker"),
     }
-    if ensure_package("crun", "/usr/bin/crun") {
-        peers.push(Peer::Container("/usr/bin/crun".into()));
+    if ensure_package("runc", "/usr/sbin/runc") {
+        peers.push(Peer::Container("/usr/sbin/runc".into()));
+    } else {
+        eprintln!("bench setup: runc is not available; the container column is left out");
     }
     peers
 }
