@@ -271,3 +271,52 @@ fn a_hostile_guest_cannot_crash_rvmm_or_touch_the_disk() {
         "no valid write was sent, so the disk must not change"
     );
 }
+
+#[test]
+fn every_flushed_write_survives_sigkill() {
+    require_kvm();
+    let kernel = guest("blk", Entry::Linux64);
+    // Kill at different points; each time, every sector the guest saw
+    // flushed must be on the host file with its pattern.
+    for (round, kill_after) in [3u64, 40, 150, 400, 900].into_iter().enumerate() {
+        let disk = scratch(&format!("durable-{round}.img"));
+        std::fs::write(&disk, vec![0u8; MIB]).unwrap();
+        let mut vm = Console::start(
+            &[
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--cmdline",
+                "console=ttyS0 blktest.loop",
+                "--disk",
+                disk.to_str().unwrap(),
+            ],
+            &format!("durable-{round}"),
+        );
+        vm.expect(&format!("blk flushed {}", hex(kill_after)), LIMIT);
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(vm.child.id() as i32, libc::SIGKILL) };
+        let status = vm.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        let flushed: Vec<u64> = vm
+            .seen
+            .iter()
+            .filter_map(|l| l.strip_prefix("blk flushed 0x"))
+            .map(|h| u64::from_str_radix(h, 16).unwrap())
+            .collect();
+        assert!(flushed.len() as u64 > kill_after);
+        let bytes = std::fs::read(&disk).unwrap();
+        for k in flushed {
+            let sector = &bytes[k as usize * 512..(k as usize + 1) * 512];
+            let expected: Vec<u8> = (0..512u64).map(|i| (k * 7 + i) as u8).collect();
+            assert_eq!(
+                sector,
+                &expected[..],
+                "round {round}: flushed sector {k} is not on disk"
+            );
+        }
+        let _ = std::fs::remove_file(&disk);
+    }
+}

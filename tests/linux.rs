@@ -164,3 +164,48 @@ fn vmlinux_boots_with_its_root_file_system_on_a_disk() {
     assert_eq!(vm.wait_exit(BOOT_LIMIT).code(), Some(0), "{}", vm.stderr());
     eprintln!("hardware-virtualized host: vmlinux booted to a shell with its root on /dev/vda");
 }
+
+#[test]
+fn four_vcpus_and_4_gib_are_listed_or_brought_up() {
+    require_kvm();
+    let kernel = guest_image("vmlinux");
+    let initrd = guest_image("initramfs.cpio");
+    let args = [
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cpus",
+        "4",
+        "--mem",
+        "4096",
+    ];
+    let mut vm = Console::start(&args, "linux-smp");
+    let limit = if is_pvm_host() {
+        PVM_BOOT_LIMIT
+    } else {
+        BOOT_LIMIT
+    };
+    // 4096 MiB: 3328 MiB below the MMIO hole, the other 768 MiB from 4 GiB.
+    vm.expect(
+        "BIOS-e820: [mem 0x0000000100000000-0x000000012fffffff] usable",
+        limit,
+    );
+    vm.expect("smpboot: Allowing 4 CPUs", limit);
+    if is_pvm_host() {
+        assert!(
+            vm.stderr().contains("secondary vCPUs cannot start"),
+            "{}",
+            vm.stderr()
+        );
+        eprintln!("PVM-backed host: the kernel lists 4 CPUs from the MP table and the full 4 GiB (APs cannot start here)");
+        return;
+    }
+    vm.expect("smp: Brought up 1 node, 4 CPUs", BOOT_LIMIT);
+    vm.expect("rvmm-guest: initramfs ready", BOOT_LIMIT);
+    vm.send("echo cpus=$(nproc)\n");
+    vm.expect("cpus=4", BOOT_LIMIT);
+    vm.send("reboot -f\n");
+    assert_eq!(vm.wait_exit(BOOT_LIMIT).code(), Some(0), "{}", vm.stderr());
+    eprintln!("hardware-virtualized host: 4 CPUs brought up, nproc says 4");
+}

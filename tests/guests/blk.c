@@ -142,6 +142,8 @@ static u64 bench(u64 base, u64 capacity, const char *cmdline) {
 }
 
 static const char *bench_cmdline;
+/* "blktest.loop": write and flush sectors one by one until killed. */
+static int contains_loop;
 
 static void test_disk(int index, u64 base, int write) {
     if (REG(base, MAGIC) != 0x74726976 || REG(base, VERSION) != 2 || REG(base, DEVICE_ID) != 2) {
@@ -181,6 +183,18 @@ static void test_disk(int index, u64 base, int write) {
     REG(base, STATUS) = S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
 
     u64 capacity = *(volatile u64 *)(base + CONFIG);
+    if (contains_loop) {
+        /* Durability loop: write sector k with its pattern, flush, report. */
+        for (u64 k = 0; k < capacity; k++) {
+            for (u32 i = 0; i < 512; i++) buffer[i] = (u8)(k * 7 + i);
+            if (request(base, T_OUT, k, buffer, 512, 0) != 0 || request(base, T_FLUSH, 0, 0, 0, 0) != 0) break;
+            put_str("blk flushed ");
+            put_hex(k);
+            put_char('\n');
+        }
+        REG(base, STATUS) = 0;
+        return;
+    }
     if (bench_cmdline) {
         u64 moved = bench(base, capacity, bench_cmdline);
         put_str("blkbench: moved ");
@@ -256,6 +270,7 @@ void guest_main(int kind, u64 info) {
     const char *cmdline = (const char *)(kind == KIND_PVH ? read64(info + 24) : (u64)read32(info + 0x228));
     int write = contains(cmdline, "blktest.write");
     if (contains(cmdline, "blkbench.")) bench_cmdline = cmdline;
+    contains_loop = contains(cmdline, "blktest.loop");
     int index = 0;
     /* Entries look like virtio_mmio.device=<size>@0x<base>:<irq>; rvmm
      * gives 4K windows, QEMU 512-byte ones. */
