@@ -320,3 +320,58 @@ fn every_flushed_write_survives_sigkill() {
         let _ = std::fs::remove_file(&disk);
     }
 }
+
+/// A loop device over a scratch file, detached on drop.
+struct LoopDevice(String);
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_host_block_device_works_as_a_disk() {
+    require_kvm();
+    let backing = scratch("loop-backing.img");
+    let bytes = pseudo_random_bytes(8 * MIB, 5);
+    std::fs::write(&backing, &bytes).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&backing)
+        .output()
+        .expect("losetup (util-linux) is needed to test host block devices");
+    assert!(
+        out.status.success(),
+        "cannot attach a loop device ({}); run the tests as root on a host with loop devices",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let device = LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let kernel = guest("blk", Entry::Linux64);
+    let run = rvmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--disk",
+            &format!("{},ro", device.0),
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        line(&run.stdout, "blk vda: capacity"),
+        format!("blk vda: capacity {} ro", hex(8 * MIB as u64 / 512))
+    );
+    assert_eq!(
+        line(&run.stdout, "blk vda: read"),
+        format!(
+            "blk vda: read status {} fnv1a {}",
+            hex(0),
+            hex(fnv1a64_words(&bytes))
+        )
+    );
+    drop(device);
+    let _ = std::fs::remove_file(&backing);
+}
