@@ -42,14 +42,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Spawns `cmd` and returns (time to the first stdout line containing
-/// `marker`, time to exit), or None if the marker never came.
-fn time_run(cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> {
-    time_run_output(cmd, marker).map(|(first, exit, _)| (first, exit))
+/// A started process whose stdout has shown a marker.
+struct Started {
+    child: Child,
+    stdout: std::process::ChildStdout,
+    /// Everything read so far.
+    seen: Vec<u8>,
+    /// From spawn to the marker.
+    elapsed: Duration,
 }
 
-/// As [`time_run`], also returning everything the guest printed.
-fn time_run_output(mut cmd: std::process::Command, marker: &str) -> Option<(f64, f64, String)> {
+/// Spawns `cmd` and reads its stdout until `marker` appears; kills it and
+/// returns None if it never does.
+fn start_until(mut cmd: std::process::Command, marker: &str) -> Option<Started> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -57,27 +62,43 @@ fn time_run_output(mut cmd: std::process::Command, marker: &str) -> Option<(f64,
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let mut out = child.stdout.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    let mut first = None;
-    while first.is_none() {
-        match out.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                seen.extend_from_slice(&buf[..n]);
-                if String::from_utf8_lossy(&seen).contains(marker) {
-                    first = Some(start.elapsed());
-                }
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
             }
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
-    let _ = out.read_to_end(&mut seen);
-    let _ = child.wait();
+    Some(Started {
+        child,
+        stdout,
+        seen,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Spawns `cmd` and returns (time to the first stdout line containing
+/// `marker`, time to exit), or None if the marker never came.
+fn time_run(cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> {
+    time_run_output(cmd, marker).map(|(first, exit, _)| (first, exit))
+}
+
+/// As [`time_run`], also returning everything the guest printed.
+fn time_run_output(cmd: std::process::Command, marker: &str) -> Option<(f64, f64, String)> {
+    let start = Instant::now();
+    let mut started = start_until(cmd, marker)?;
+    let _ = started.stdout.read_to_end(&mut started.seen);
+    let _ = started.child.wait();
     Some((
-        ms(first?),
+        ms(started.elapsed),
         ms(start.elapsed()),
-        String::from_utf8_lossy(&seen).into_owned(),
+        String::from_utf8_lossy(&started.seen).into_owned(),
     ))
 }
 
@@ -242,32 +263,14 @@ fn start_idle(
         cmdline: "console=ttyS0",
         disks: &[],
     };
-    let mut cmd = match peer {
+    let cmd = match peer {
         Peer::Container(rt) => bundle?.run_command(rt),
         vm => vm_command(vm, &spec, scratch),
     };
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        match out.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
+    let started = start_until(cmd, "ready")?;
     // Keep the pipe open so the guest never sees a closed console.
-    std::mem::forget(out);
-    Some(child)
+    std::mem::forget(started.stdout);
+    Some(started.child)
 }
 
 fn stop(mut child: Child) {

@@ -125,12 +125,16 @@ fn elf_extent(file: &mut File) -> Option<u64> {
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, BootError> {
     let mut file = open("kernel", path)?;
     let format = detect_format(&mut file, path)?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|source| BootError::Open {
-            role: "kernel",
-            path: path.into(),
-            source,
-        })?;
+    let rewind = |file: &mut File| {
+        file.seek(SeekFrom::Start(0))
+            .map(drop)
+            .map_err(|source| BootError::Open {
+                role: "kernel",
+                path: path.into(),
+                source,
+            })
+    };
+    rewind(&mut file)?;
     let mem_bytes: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
     let too_large = |needed: u64| BootError::KernelTooLarge {
         path: path.into(),
@@ -144,12 +148,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
                     return Err(too_large(extent));
                 }
             }
-            file.seek(SeekFrom::Start(0))
-                .map_err(|source| BootError::Open {
-                    role: "kernel",
-                    path: path.into(),
-                    source,
-                })?;
+            rewind(&mut file)?;
             let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
                 let reason = match e {
                     linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
