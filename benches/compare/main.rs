@@ -11,15 +11,18 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod peers;
+mod process;
 mod stats;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{guest, pseudo_random_bytes, Entry};
 use peers::{vm_command, Bundle, Peer, VmSpec};
+use process::{
+    mem_available_kib, overhead_kib, rss_kib, start_until, stop, time_run, time_run_output,
+};
 use stats::{Series, Table};
 
 const MIB: u64 = 1 << 20;
@@ -40,66 +43,6 @@ fn scratch_dir() -> PathBuf {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// A started process whose stdout has shown a marker.
-struct Started {
-    child: Child,
-    stdout: std::process::ChildStdout,
-    /// Everything read so far.
-    seen: Vec<u8>,
-    /// From spawn to the marker.
-    elapsed: Duration,
-}
-
-/// Spawns `cmd` and reads its stdout until `marker` appears; kills it and
-/// returns None if it never does.
-fn start_until(mut cmd: std::process::Command, marker: &str) -> Option<Started> {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains(marker) {
-        match stdout.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-    Some(Started {
-        child,
-        stdout,
-        seen,
-        elapsed: start.elapsed(),
-    })
-}
-
-/// Spawns `cmd` and returns (time to the first stdout line containing
-/// `marker`, time to exit), or None if the marker never came.
-fn time_run(cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> {
-    time_run_output(cmd, marker).map(|(first, exit, _)| (first, exit))
-}
-
-/// As [`time_run`], also returning everything the guest printed.
-fn time_run_output(cmd: std::process::Command, marker: &str) -> Option<(f64, f64, String)> {
-    let start = Instant::now();
-    let mut started = start_until(cmd, marker)?;
-    let _ = started.stdout.read_to_end(&mut started.seen);
-    let _ = started.child.wait();
-    Some((
-        ms(started.elapsed),
-        ms(start.elapsed()),
-        String::from_utf8_lossy(&started.seen).into_owned(),
-    ))
 }
 
 /// Runs `f(peer)` for every peer in turn (A B A B ...), warm-up first.
@@ -214,41 +157,6 @@ fn phases(scratch: &Path) -> Vec<Table> {
     vec![t_wall, t_cpu]
 }
 
-/// Resident memory of `pid` that is not guest RAM, in KiB: every mapping's
-/// Rss except the largest anonymous mapping at least as big as guest memory
-/// (Firecracker's method).
-fn overhead_kib(pid: u32, guest_bytes: u64) -> Option<f64> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut mappings: Vec<(u64, u64, bool)> = Vec::new(); // (size, rss KiB, anonymous)
-    for line in smaps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields
-            .first()
-            .is_some_and(|f| f.contains('-') && f.chars().next().unwrap().is_ascii_hexdigit())
-        {
-            let (a, b) = fields[0].split_once('-')?;
-            let size = u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?;
-            mappings.push((size, 0, fields.len() < 6));
-        } else if fields.first() == Some(&"Rss:") {
-            mappings.last_mut()?.1 = fields[1].parse().ok()?;
-        }
-    }
-    let guest = mappings
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.2 && m.0 >= guest_bytes)
-        .max_by_key(|(_, m)| m.0)
-        .map(|(i, _)| i);
-    Some(
-        mappings
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != guest)
-            .map(|(_, m)| m.1 as f64)
-            .sum(),
-    )
-}
-
 /// Starts an idle guest (or container) and waits until it says it is ready.
 fn start_idle(
     peer: &Peer,
@@ -271,11 +179,6 @@ fn start_idle(
     // Keep the pipe open so the guest never sees a closed console.
     std::mem::forget(started.stdout);
     Some(started.child)
-}
-
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
@@ -321,18 +224,6 @@ fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     }
     cleanup_containers();
     out
-}
-
-fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
 }
 
 fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
@@ -409,18 +300,6 @@ fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         }
     }
     vec![largest, time, per_vm]
-}
-
-fn mem_available_kib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
 }
 
 fn cleanup_containers() {
