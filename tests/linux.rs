@@ -179,6 +179,10 @@ fn four_vcpus_and_4_gib_are_listed_or_brought_up() {
         "4",
         "--mem",
         "4096",
+        // earlyprintk: on PVM hosts the boot stops when the secondary CPUs
+        // are started, before the serial console driver would print anything.
+        "--cmdline",
+        "console=ttyS0 earlyprintk=serial reboot=k panic=1 pci=off",
     ];
     let mut vm = Console::start(&args, "linux-smp");
     let limit = if is_pvm_host() {
