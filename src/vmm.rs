@@ -124,28 +124,9 @@ fn boot_timer(first_run: &Arc<OnceLock<Instant>>) -> BootTimer {
 /// Checks the files a VM needs before any host resource is taken, so a typo
 /// gets its own message even on a host without KVM.
 fn check_input_files(config: &VmConfig) -> Result<(), BootError> {
-    let check = |role, path: &std::path::Path| {
-        std::fs::File::open(path)
-            .and_then(|f| f.metadata())
-            .and_then(|m| {
-                if m.is_file() {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "not a regular file",
-                    ))
-                }
-            })
-            .map_err(|source| BootError::Open {
-                role,
-                path: path.into(),
-                source,
-            })
-    };
-    check("kernel", &config.kernel)?;
+    boot::open_image("kernel", &config.kernel)?;
     if let Some(initrd) = &config.initrd {
-        check("initrd", initrd)?;
+        boot::open_image("initrd", initrd)?;
     }
     Ok(())
 }

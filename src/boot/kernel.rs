@@ -50,27 +50,19 @@ enum Format {
     BzImage,
 }
 
-fn open(role: &'static str, path: &Path) -> Result<File, BootError> {
-    let file = File::open(path).map_err(|source| BootError::Open {
+/// Opens a kernel or initrd, which must be a regular file.
+pub fn open_image(role: &'static str, path: &Path) -> Result<File, BootError> {
+    let fail = |source| BootError::Open {
         role,
         path: path.into(),
         source,
-    })?;
-    let is_file = file
-        .metadata()
-        .map_err(|source| BootError::Open {
-            role,
-            path: path.into(),
-            source,
-        })?
-        .is_file();
-    if !is_file {
-        let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
-        return Err(BootError::Open {
-            role,
-            path: path.into(),
-            source,
-        });
+    };
+    let file = File::open(path).map_err(fail)?;
+    if !file.metadata().map_err(fail)?.is_file() {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
     }
     Ok(file)
 }
@@ -123,7 +115,7 @@ fn elf_extent(file: &mut File) -> Option<u64> {
 
 /// Loads the kernel at `path` into guest memory.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, BootError> {
-    let mut file = open("kernel", path)?;
+    let mut file = open_image("kernel", path)?;
     let format = detect_format(&mut file, path)?;
     let rewind = |file: &mut File| {
         file.seek(SeekFrom::Start(0))
@@ -234,7 +226,7 @@ pub fn load_initrd(
     path: &Path,
     kernel: &KernelImage,
 ) -> Result<InitrdPlacement, BootError> {
-    let mut file = open("initrd", path)?;
+    let mut file = open_image("initrd", path)?;
     let size = file
         .metadata()
         .map_err(|source| BootError::Open {

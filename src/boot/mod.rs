@@ -5,7 +5,7 @@ pub mod cmdline;
 mod kernel;
 mod params;
 
-pub use kernel::{load_initrd, load_kernel, InitrdPlacement, KernelImage};
+pub use kernel::{load_initrd, load_kernel, open_image, InitrdPlacement, KernelImage};
 pub use params::write_boot_info;
 
 use std::path::PathBuf;
