@@ -31,6 +31,27 @@ inputs_hash() {
     done; } | sha256sum | cut -c1-16
 }
 
+# Prints DEST and succeeds when every FILE of a build is already cached there.
+cached() {
+    local name="$1" dest="$2" f
+    shift 2
+    for f in "$@"; do
+        [ -f "$dest/$f" ] || return 1
+    done
+    log "$name: cached ($dest)"
+    echo "$dest"
+}
+
+# Moves a finished build from DEST.tmp to DEST, so a cache entry is never
+# half written, and prints DEST.
+publish() {
+    local name="$1" dest="$2"
+    rm -rf "$dest"
+    mv "$dest.tmp" "$dest"
+    log "$name: built ($dest)"
+    echo "$dest"
+}
+
 # Fills DIR with the guest's root tree: busybox-static, /init (also
 # /sbin/init, for a root file system on a disk) and a console node.
 populate_root() {

@@ -13,11 +13,7 @@ busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 recipe=2
 hash="$(inputs_hash "$here/initramfs/init" "$here/common.sh" "busybox-static=$busybox_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/initramfs-$hash"
-if [ -f "$dest/initramfs.cpio" ]; then
-    log "initramfs: cached ($dest)"
-    echo "$dest"
-    exit 0
-fi
+cached initramfs "$dest" initramfs.cpio && exit 0
 
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
@@ -25,7 +21,4 @@ populate_root "$root"
 mkdir -p "$dest.tmp"
 (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null --reproducible -o -H newc --owner=0:0 --quiet) \
     > "$dest.tmp/initramfs.cpio"
-rm -rf "$dest"
-mv "$dest.tmp" "$dest"
-log "initramfs: built ($dest)"
-echo "$dest"
+publish initramfs "$dest"

@@ -16,11 +16,7 @@ recipe=1
 source_version="$(dpkg-query -W -f='${Version}' linux-source-6.1)"
 hash="$(inputs_hash "$here/kernel/rvmm.config" "$here"/kernel/*.patch "linux-source-6.1=$source_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/kernel-$hash"
-if [ -f "$dest/bzImage" ] && [ -f "$dest/vmlinux" ]; then
-    log "kernel: cached ($dest)"
-    echo "$dest"
-    exit 0
-fi
+cached kernel "$dest" bzImage vmlinux && exit 0
 
 work="$RVMM_CACHE_DIR/build/kernel-$hash"
 rm -rf "$work"
@@ -58,8 +54,5 @@ fi
 
 mkdir -p "$dest.tmp"
 cp "$src/arch/x86/boot/bzImage" "$src/vmlinux" "$src/.config" "$dest.tmp/"
-rm -rf "$dest"
-mv "$dest.tmp" "$dest"
 rm -rf "$work"
-log "kernel: built ($dest)"
-echo "$dest"
+publish kernel "$dest"

@@ -15,11 +15,7 @@ recipe=1
 hash="$(inputs_hash "$here/initramfs/init" "$here/common.sh" "busybox-static=$busybox_version" \
     "e2fsprogs=$e2fs_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/rootfs-$hash"
-if [ -f "$dest/rootfs.ext4" ]; then
-    log "rootfs: cached ($dest)"
-    echo "$dest"
-    exit 0
-fi
+cached rootfs "$dest" rootfs.ext4 && exit 0
 
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
@@ -28,7 +24,4 @@ mkdir -p "$dest.tmp"
 # Fixed UUID and timestamps keep the image the same from run to run.
 E2FSPROGS_FAKE_TIME=1 mke2fs -q -t ext4 -L rvmm-root -U 5a1e5a1e-0000-4000-8000-000000000001 \
     -E hash_seed=5a1e5a1e-0000-4000-8000-000000000002 -d "$root" -F "$dest.tmp/rootfs.ext4" 32M >&2
-rm -rf "$dest"
-mv "$dest.tmp" "$dest"
-log "rootfs: built ($dest)"
-echo "$dest"
+publish rootfs "$dest"
