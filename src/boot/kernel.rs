@@ -191,7 +191,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
             } else {
                 loaded.kernel_load.0.max(hdr.pref_address)
             };
-            let end = loaded.kernel_end.max(runs_at + u64::from(hdr.init_size));
+            // A corrupt header can name an address near the top of the
+            // 64-bit space: saturate, and the size check below refuses it.
+            let end = loaded
+                .kernel_end
+                .max(runs_at.saturating_add(u64::from(hdr.init_size)));
             if end > low_mem_end(mem_bytes) {
                 return Err(too_large(end));
             }
@@ -217,7 +221,8 @@ pub fn initrd_placement(
 ) -> Option<InitrdPlacement> {
     let top = low_mem_end(mem_bytes).min(kernel.initrd_addr_max.saturating_add(1)) & !(PAGE - 1);
     let addr = top.checked_sub(size)? & !(PAGE - 1);
-    (addr >= kernel.end.next_multiple_of(PAGE)).then_some(InitrdPlacement { addr, size })
+    let kernel_end = kernel.end.checked_next_multiple_of(PAGE)?;
+    (addr >= kernel_end).then_some(InitrdPlacement { addr, size })
 }
 
 /// Loads the initrd at `path` above the kernel.
@@ -285,6 +290,29 @@ mod tests {
         assert_eq!(initrd_placement(&k, 32 * MIB, 2 * MIB), None);
         assert!(initrd_placement(&k, 32 * MIB, MIB).is_some());
         assert_eq!(initrd_placement(&k, 32 * MIB, u64::MAX), None);
+    }
+
+    #[test]
+    fn a_bzimage_header_near_the_top_of_memory_is_refused() {
+        // Found by fuzzing: pref_address + init_size overflowed.
+        let mut image = vec![0u8; 0x1000];
+        image[0x1f1] = 1; // setup_sects
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x020f_u16.to_le_bytes());
+        image[0x211] = 1; // LOADED_HIGH
+        image[0x214..0x218].copy_from_slice(&0x10_0000_u32.to_le_bytes());
+        image[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
+        image[0x258..0x260].copy_from_slice(&(u64::MAX - 0x10).to_le_bytes()); // pref_address
+        image[0x260..0x264].copy_from_slice(&0x10_0000_u32.to_le_bytes()); // init_size
+        let path = std::env::temp_dir().join(format!("rvmm-bz-top-{}", std::process::id()));
+        std::fs::write(&path, &image).unwrap();
+        let mem = crate::memory::create_guest_memory(32 * MIB).unwrap();
+        let result = load_kernel(&mem, &path);
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            matches!(result, Err(BootError::KernelTooLarge { .. })),
+            "{result:?}"
+        );
     }
 
     #[test]
