@@ -27,6 +27,8 @@ use stats::{Series, Table};
 
 const MIB: u64 = 1 << 20;
 const WARMUP: usize = 3;
+/// The container counterpart of the halt guest: say ready, then idle.
+const IDLE_CONTAINER: &[&str] = &["/bin/busybox", "sh", "-c", "echo ready; sleep 600"];
 
 fn iterations() -> usize {
     std::env::var("RVMM_BENCH_ITERATIONS")
@@ -75,13 +77,12 @@ fn startup(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     };
     let bundles: Vec<Option<Bundle>> = peers
         .iter()
-        .map(|p| match p {
-            Peer::Container(rt) => Bundle::new(
-                rt,
+        .map(|p| {
+            Bundle::for_peer(
+                p,
                 scratch,
                 &["/bin/busybox", "echo", "Hello from a container"],
-            ),
-            _ => None,
+            )
         })
         .collect();
     let mut tables = [
@@ -185,14 +186,7 @@ fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     let kernel = guest("halt", Entry::Pvh);
     let bundles: Vec<Option<Bundle>> = peers
         .iter()
-        .map(|p| match p {
-            Peer::Container(rt) => Bundle::new(
-                rt,
-                scratch,
-                &["/bin/busybox", "sh", "-c", "echo ready; sleep 600"],
-            ),
-            _ => None,
-        })
+        .map(|p| Bundle::for_peer(p, scratch, IDLE_CONTAINER))
         .collect();
     let mut out = Vec::new();
     for mem_mib in [128, 2048] {
@@ -251,14 +245,7 @@ fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     );
     let mut per_vm = Table::new("density: host memory per instance", "MiB", false);
     for peer in peers {
-        let bundle = match peer {
-            Peer::Container(rt) => Bundle::new(
-                rt,
-                scratch,
-                &["/bin/busybox", "sh", "-c", "echo ready; sleep 600"],
-            ),
-            _ => None,
-        };
+        let bundle = Bundle::for_peer(peer, scratch, IDLE_CONTAINER);
         let mut best = 0;
         let (mut s_time, mut s_mem) = (Series::new(peer.name()), Series::new(peer.name()));
         for &n in &steps {

@@ -131,6 +131,14 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// A bundle running `args` when `peer` is a container runtime; None for VMs.
+    pub fn for_peer(peer: &Peer, scratch: &Path, args: &[&str]) -> Option<Bundle> {
+        match peer {
+            Peer::Container(runtime) => Bundle::new(runtime, scratch, args),
+            _ => None,
+        }
+    }
+
     /// Makes a bundle whose process runs `args`.
     pub fn new(runtime: &Path, scratch: &Path, args: &[&str]) -> Option<Bundle> {
         let dir = scratch.join(format!("bundle-{}", unique()));
