@@ -153,7 +153,7 @@ fn load_guest(
         cmdline::build_cmdline(base, &extra, kernel.cmdline_max).map_err(BootError::from)?;
     if !quirks.is_empty() {
         log::warn!(
-            "host KVM is PVM-backed (kvm_pvm): adding '{}' to the kernel command line so Linux gets as far as this host allows",
+            "host KVM is PVM-backed (kvm_pvm): adding '{}' to the kernel command line so Linux gets as far as this host allows; guest kernel code is emulated here, so Linux takes minutes and may print nothing until its serial driver loads (add earlyprintk=serial to --cmdline to see it sooner)",
             quirks.join(" ")
         );
     }
