@@ -73,16 +73,40 @@ pub struct AttachedDisk {
     queue_evts: Vec<EventFd>,
 }
 
-/// Opens every disk, puts it on `mmio_bus` and wires its notifications and
+/// Opens (and locks) every disk, before anything else is built, so a disk
+/// that cannot be used stops rvmm before any work.
+pub fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, DiskError> {
+    disks
+        .iter()
+        .enumerate()
+        .map(|(index, disk)| {
+            let id = disk
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("rvmm-{}", guest_name(index)));
+            let block = Block::open(&disk.path, disk.read_only, &id)?;
+            log::info!(
+                "disk {}: {} ({} sectors{})",
+                guest_name(index),
+                disk.path.display(),
+                block.sectors(),
+                if disk.read_only { ", read-only" } else { "" }
+            );
+            Ok(block)
+        })
+        .collect()
+}
+
+/// Puts every opened disk on `mmio_bus` and wires its notifications and
 /// interrupt through KVM.
 pub fn attach_disks(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio_bus: &mut Bus,
-    disks: &[DiskConfig],
+    blocks: Vec<Block>,
 ) -> Result<Vec<AttachedDisk>, DiskError> {
-    let mut attached = Vec::with_capacity(disks.len());
-    for (index, disk) in disks.iter().enumerate() {
+    let mut attached = Vec::with_capacity(blocks.len());
+    for (index, block) in blocks.into_iter().enumerate() {
         let setup = |what| {
             move |e: &dyn std::fmt::Display| DiskError::Setup {
                 index,
@@ -90,18 +114,6 @@ pub fn attach_disks(
                 reason: e.to_string(),
             }
         };
-        let id = disk
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("rvmm-{}", guest_name(index)));
-        let block = Block::open(&disk.path, disk.read_only, &id)?;
-        log::info!(
-            "disk {}: {} ({} sectors{})",
-            guest_name(index),
-            disk.path.display(),
-            block.sectors(),
-            if disk.read_only { ", read-only" } else { "" }
-        );
         let (base, irq) = placement(index);
         let irq_evt = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| setup("create its interrupt eventfd")(&e))?;

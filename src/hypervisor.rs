@@ -16,6 +16,8 @@ pub enum KvmError {
     Open(kvm_ioctls::Error),
     #[error("/dev/kvm speaks API version {0}, rvmm needs {KVM_API_VERSION}")]
     ApiVersion(i32),
+    #[error("/dev/kvm is not the KVM device (it does not answer KVM_GET_API_VERSION): it should be character device 10:232; recreate it or reload the kvm module")]
+    NotKvm,
     #[error("this host's KVM lacks {0}, which rvmm needs; use a newer host kernel")]
     MissingCapability(&'static str),
     #[error("KVM could not {what}: {source}")]
@@ -46,6 +48,9 @@ pub fn open_kvm() -> Result<Kvm, KvmError> {
         _ => KvmError::Open(e),
     })?;
     let version = kvm.get_api_version();
+    if version < 0 {
+        return Err(KvmError::NotKvm);
+    }
     if version != KVM_API_VERSION as i32 {
         return Err(KvmError::ApiVersion(version));
     }

@@ -276,6 +276,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         }
         .into());
     }
+    let blocks = disks::open_disks(&config.disks)?;
     let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
 
     let kvm = hypervisor::open_kvm()?;
@@ -306,7 +307,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         let timer = Arc::new(Mutex::new(boot_timer(&first_run)));
         mmio_bus.insert(timer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN)?;
     }
-    let attached_disks = disks::attach_disks(&vm, &mem, &mut mmio_bus, &config.disks)?;
+    let attached_disks = disks::attach_disks(&vm, &mem, &mut mmio_bus, blocks)?;
     let mmio_bus = Arc::new(mmio_bus);
     let vcpus = create_vcpus(&kvm, &vm, config, kernel.entry, io_bus, mmio_bus)?;
 

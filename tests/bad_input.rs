@@ -5,14 +5,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::{guest, require_kvm, rvmm, scratch, Entry};
+use std::path::Path;
+use std::process::Command;
+
+use common::{guest, guest_image, require_kvm, run_command, rvmm, scratch, Entry, Run, RVMM};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs rvmm and checks it failed with exactly one error line containing
 /// every one of `expected`.
 fn assert_refused(args: &[&str], expected: &[&str]) {
-    let run = rvmm(args, LIMIT);
+    check_refusal(&rvmm(args, LIMIT), args, expected);
+}
+
+/// Checks that `run` failed with exactly one error line containing every
+/// one of `expected`.
+fn check_refusal<S: std::fmt::Debug>(run: &Run, args: &[S], expected: &[&str]) {
     assert_eq!(
         run.code(),
         Some(1),
@@ -65,15 +73,32 @@ fn kernel_is_a_directory() {
 }
 
 #[test]
-fn unreadable_kernel() {
-    let path = scratch("unreadable-kernel");
-    std::fs::write(&path, b"\x7fELF").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-    // root reads anything; then this is a corrupt kernel, which fails too.
-    let run = rvmm(&["--kernel", path.to_str().unwrap()], LIMIT);
-    assert_eq!(run.code(), Some(1));
-    assert!(run.stderr.starts_with("rvmm: error: "), "{}", run.stderr);
+fn unreadable_kernel_initrd_or_disk() {
+    require_kvm();
+    // Root reads anything, so these run as nobody with a /dev/kvm nobody may use.
+    let kvm = "mknod -m 666 /dev/kvm c 10 232";
+    let (run, args) = hello_with_private_dev(&format!("{kvm} && chmod 000 /dev/guest"), true, &[]);
+    check_refusal(
+        &run,
+        &args,
+        &["cannot read kernel /dev/guest", "Permission denied"],
+    );
+    let (run, args) = hello_with_private_dev(
+        &format!("{kvm} && echo data >/dev/initrd && chmod 000 /dev/initrd"),
+        true,
+        &["--initrd", "/dev/initrd"],
+    );
+    check_refusal(
+        &run,
+        &args,
+        &["cannot read initrd /dev/initrd", "Permission denied"],
+    );
+    let (run, args) = hello_with_private_dev(
+        &format!("{kvm} && truncate -s 4096 /dev/disk && chmod 000 /dev/disk"),
+        true,
+        &["--disk", "/dev/disk"],
+    );
+    check_refusal(&run, &args, &["/dev/disk", "Permission denied"]);
 }
 
 #[test]
@@ -88,18 +113,6 @@ fn a_file_that_is_no_kernel() {
     assert_refused(
         &["--kernel", path.to_str().unwrap()],
         &["is not a Linux kernel"],
-    );
-}
-
-#[test]
-fn a_truncated_elf_kernel() {
-    require_kvm();
-    let whole = std::fs::read(hello()).unwrap();
-    let path = scratch("truncated.elf");
-    std::fs::write(&path, &whole[..100]).unwrap();
-    assert_refused(
-        &["--kernel", path.to_str().unwrap()],
-        &["is not a usable ELF kernel"],
     );
 }
 
@@ -219,4 +232,127 @@ fn a_command_line_with_control_characters() {
         &["--kernel", &hello(), "--cmdline", "a\tb"],
         &["kernel command line", "printable ASCII"],
     );
+}
+
+#[test]
+fn a_truncated_bzimage_is_refused() {
+    require_kvm();
+    let whole = std::fs::read(guest_image("bzImage")).unwrap();
+    let path = scratch("truncated-bzImage");
+    for len in [600, 4096, whole.len() / 2, whole.len() - 1] {
+        std::fs::write(&path, &whole[..len]).unwrap();
+        assert_refused(
+            &["--kernel", path.to_str().unwrap()],
+            &["is not a usable bzImage", "truncated"],
+        );
+    }
+}
+
+#[test]
+fn elf_kernels_cut_short_are_refused() {
+    require_kvm();
+    let whole = std::fs::read(guest("hello", Entry::Linux64)).unwrap();
+    let path = scratch("cut-short.elf");
+    for len in [64, 200, whole.len() / 2, whole.len() * 3 / 4] {
+        std::fs::write(&path, &whole[..len]).unwrap();
+        assert_refused(
+            &["--kernel", path.to_str().unwrap()],
+            &["is not a usable ELF kernel"],
+        );
+    }
+}
+
+/// The kernel fuzz corpus holds valid guests, corrupt headers and the inputs
+/// that once crashed the loader: each one boots or gets one clear line.
+#[test]
+fn every_kernel_in_the_fuzz_corpus_boots_or_is_refused() {
+    require_kvm();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/kernel_image");
+    let mut refused = 0;
+    for entry in std::fs::read_dir(&corpus).unwrap() {
+        let path = entry.unwrap().path();
+        let args = ["--kernel", path.to_str().unwrap()];
+        let run = rvmm(&args, LIMIT);
+        if run.code() == Some(0) {
+            assert!(
+                run.stdout.contains("Hello from the rvmm"),
+                "{path:?}: {}",
+                run.stdout
+            );
+        } else {
+            check_refusal(&run, &args, &["kernel"]);
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 4,
+        "the corrupt inputs of the corpus must be refused"
+    );
+}
+
+/// Runs the hello guest in a private mount namespace whose /dev is a fresh
+/// tmpfs holding a copy of the guest and whatever `setup` (shell) puts
+/// there, so a test can give rvmm any /dev/kvm without touching the host's.
+/// `as_nobody` drops root just before rvmm starts.
+fn hello_with_private_dev(setup: &str, as_nobody: bool, extra: &[&str]) -> (Run, Vec<String>) {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test builds a private /dev with unshare(1) and mknod: run the tests as root"
+    );
+    let drop_root = if as_nobody {
+        "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    } else {
+        ""
+    };
+    let script = format!(
+        "mount -t tmpfs tmpfs /dev && cp \"$GUEST\" /dev/guest && chmod 644 /dev/guest \
+         && {{ {setup}; }} && exec {drop_root} \"$@\""
+    );
+    let mut args = vec!["--kernel".to_string(), "/dev/guest".to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            RVMM,
+        ])
+        .args(&args)
+        .env("GUEST", hello());
+    (run_command(command, LIMIT), args)
+}
+
+#[test]
+fn dev_kvm_missing_forbidden_or_not_kvm() {
+    require_kvm();
+    let cases: [(&str, bool, &[&str]); 4] = [
+        (":", false, &["/dev/kvm does not exist", "modprobe"]),
+        (
+            "mknod -m 600 /dev/kvm c 10 232",
+            true,
+            &["no permission to open /dev/kvm", "kvm group"],
+        ),
+        (
+            "mknod -m 666 /dev/kvm c 1 3",
+            false,
+            &["/dev/kvm is not the KVM device", "10:232"],
+        ),
+        ("mkdir /dev/kvm", false, &["cannot open /dev/kvm"]),
+    ];
+    for (setup, as_nobody, expected) in cases {
+        let (run, args) = hello_with_private_dev(setup, as_nobody, &[]);
+        check_refusal(&run, &args, expected);
+    }
+    // The same namespace with the real device boots, so the refusals above
+    // come from /dev/kvm alone.
+    let (run, _) = hello_with_private_dev("mknod -m 600 /dev/kvm c 10 232", false, &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("Hello from the rvmm"), "{}", run.stdout);
 }

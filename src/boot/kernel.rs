@@ -9,7 +9,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::BootError;
-use crate::layout::{CMDLINE_MAX_SIZE, HIMEM_START};
+use crate::layout::{CMDLINE_MAX_SIZE, HIMEM_START, MMIO_HOLE_START};
 use crate::memory::{low_mem_end, GuestMemoryMmap};
 use crate::x86::regs::EntryMode;
 
@@ -18,6 +18,8 @@ const PAGE: u64 = 4096;
 
 /// Boot protocol facts from the bzImage setup header.
 const HDRS_MAGIC_OFFSET: usize = 0x202;
+const SETUP_SECTS_OFFSET: usize = 0x1f1;
+const SYSSIZE_OFFSET: usize = 0x1f4;
 const BOOT_PROTOCOL_64BIT_ENTRY: u16 = 0x020c;
 const XLF_KERNEL_64: u16 = 1 << 0;
 const ENTRY_64_OFFSET: u64 = 0x200;
@@ -113,6 +115,29 @@ fn elf_extent(file: &mut File) -> Option<u64> {
     Some(end)
 }
 
+/// `(file length, length the header promises)` when a bzImage is shorter
+/// than its setup sectors plus `syssize` say: the loader would copy what is
+/// there and the guest would crash somewhere in the missing part.
+fn bzimage_truncation(file: &mut File) -> Option<(u64, u64)> {
+    let mut head = [0u8; SYSSIZE_OFFSET + 4];
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_exact(&mut head).ok()?;
+    let have = file.metadata().ok()?.len();
+    let need = bzimage_length(&head);
+    (have < need).then_some((have, need))
+}
+
+/// The length a bzImage's setup header promises: boot sector and setup
+/// sectors (0 means 4, boot.rst), then `syssize` 16-byte paragraphs.
+fn bzimage_length(head: &[u8; SYSSIZE_OFFSET + 4]) -> u64 {
+    let setup_sects = match head[SETUP_SECTS_OFFSET] {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let syssize = u32::from_le_bytes(head[SYSSIZE_OFFSET..].try_into().unwrap_or_default());
+    (setup_sects + 1) * 512 + u64::from(syssize) * 16
+}
+
 /// Loads the kernel at `path` into guest memory.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, BootError> {
     let mut file = open_image("kernel", path)?;
@@ -128,10 +153,21 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
     };
     rewind(&mut file)?;
     let mem_bytes: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
-    let too_large = |needed: u64| BootError::KernelTooLarge {
-        path: path.into(),
-        needed_mib: needed.div_ceil(MIB),
-        mem_mib: mem_bytes / MIB,
+    // No --mem helps a kernel that reaches past the start of the MMIO hole.
+    let too_large = |needed: u64| {
+        if needed > MMIO_HOLE_START {
+            BootError::KernelOutOfReach {
+                path: path.into(),
+                end: needed,
+                limit: MMIO_HOLE_START,
+            }
+        } else {
+            BootError::KernelTooLarge {
+                path: path.into(),
+                needed_mib: needed.div_ceil(MIB),
+                mem_mib: mem_bytes / MIB,
+            }
+        }
     };
     match format {
         Format::Elf => {
@@ -172,6 +208,12 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
                 path: path.into(),
                 reason,
             };
+            if let Some((have, need)) = bzimage_truncation(&mut file) {
+                return Err(bad(format!(
+                    "the file is truncated ({have} bytes, its header says {need}); copy or rebuild it again"
+                )));
+            }
+            rewind(&mut file)?;
             let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
                 .map_err(|e| bad(e.to_string()))?;
             let hdr = loaded
@@ -183,6 +225,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
                     hdr.version >> 8,
                     hdr.version & 0xff
                 )));
+            }
+            if hdr.cmdline_size == 0 {
+                return Err(bad(
+                    "its header says it takes no command line (cmdline_size 0): the file is corrupt".into(),
+                ));
             }
             // The kernel decompresses in place from where it runs: the load
             // address if it can relocate, else its preferred address.
@@ -302,6 +349,7 @@ mod tests {
         image[0x211] = 1; // LOADED_HIGH
         image[0x214..0x218].copy_from_slice(&0x10_0000_u32.to_le_bytes());
         image[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
+        image[0x238..0x23c].copy_from_slice(&2048_u32.to_le_bytes()); // cmdline_size
         image[0x258..0x260].copy_from_slice(&(u64::MAX - 0x10).to_le_bytes()); // pref_address
         image[0x260..0x264].copy_from_slice(&0x10_0000_u32.to_le_bytes()); // init_size
         let path = std::env::temp_dir().join(format!("rvmm-bz-top-{}", std::process::id()));
@@ -310,9 +358,21 @@ mod tests {
         let result = load_kernel(&mem, &path);
         std::fs::remove_file(&path).unwrap();
         assert!(
-            matches!(result, Err(BootError::KernelTooLarge { .. })),
+            matches!(result, Err(BootError::KernelOutOfReach { .. })),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn a_bzimage_promises_its_setup_and_syssize() {
+        let mut head = [0u8; SYSSIZE_OFFSET + 4];
+        head[SYSSIZE_OFFSET..].copy_from_slice(&0x100_u32.to_le_bytes());
+        // setup_sects 0 means 4: boot sector + 4 sectors + 0x100 paragraphs.
+        assert_eq!(bzimage_length(&head), 5 * 512 + 0x1000);
+        head[SETUP_SECTS_OFFSET] = 30;
+        assert_eq!(bzimage_length(&head), 31 * 512 + 0x1000);
+        head[SYSSIZE_OFFSET..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(bzimage_length(&head), 31 * 512 + u64::from(u32::MAX) * 16);
     }
 
     #[test]

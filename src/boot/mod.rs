@@ -30,6 +30,8 @@ pub enum BootError {
         needed_mib: u64,
         mem_mib: u64,
     },
+    #[error("kernel {path} says it ends at {end:#x}, but a kernel must fit below {limit:#x} (the 32-bit MMIO hole): the file is corrupt or not an x86-64 kernel")]
+    KernelOutOfReach { path: PathBuf, end: u64, limit: u64 },
     #[error(
         "initrd {path} ({size_mib} MiB) does not fit in guest memory beside the kernel; raise --mem (now {mem_mib} MiB)"
     )]

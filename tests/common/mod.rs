@@ -155,15 +155,21 @@ pub fn rvmm(args: &[&str], limit: Duration) -> Run {
 
 /// As [`rvmm`], with extra environment variables.
 pub fn rvmm_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
+    let mut command = Command::new(RVMM);
+    command.args(args).envs(env.iter().copied());
+    run_command(command, limit)
+}
+
+/// Runs `command` (rvmm, or a wrapper that ends in rvmm) with an empty
+/// stdin, killing it after `limit`.
+pub fn run_command(mut command: Command, limit: Duration) -> Run {
     let start = Instant::now();
-    let child = Command::new(RVMM)
-        .args(args)
-        .envs(env.iter().copied())
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("cannot start the rvmm binary");
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
     finish(wait_with_limit(child, limit), start)
 }
 
