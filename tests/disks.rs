@@ -272,13 +272,36 @@ fn a_hostile_guest_cannot_crash_rvmm_or_touch_the_disk() {
     );
 }
 
+/// The `blk flushed 0x..` lines the loop guest printed.
+fn flushed_sectors(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.trim_end().strip_prefix("blk flushed 0x"))
+        .map(|h| u64::from_str_radix(h, 16).unwrap())
+        .collect()
+}
+
+/// Every sector the loop guest saw flushed holds its pattern in `bytes`.
+fn assert_on_disk(flushed: &[u64], bytes: &[u8], what: &str) {
+    for &k in flushed {
+        let sector = &bytes[k as usize * 512..(k as usize + 1) * 512];
+        let expected: Vec<u8> = (0..512u64).map(|i| (k * 7 + i) as u8).collect();
+        assert_eq!(
+            sector,
+            &expected[..],
+            "{what}: flushed sector {k} is not on disk"
+        );
+    }
+}
+
 #[test]
 fn every_flushed_write_survives_sigkill() {
     require_kvm();
     let kernel = guest("blk", Entry::Linux64);
-    // Kill at different points; each time, every sector the guest saw
-    // flushed must be on the host file with its pattern.
-    for (round, kill_after) in [3u64, 40, 150, 400, 900].into_iter().enumerate() {
+    // Kill twenty times at different points; each time, every sector the
+    // guest saw flushed must be on the host file with its pattern.
+    for round in 0..20u64 {
+        let kill_after = round * round * 2 + 1;
         let disk = scratch(&format!("durable-{round}.img"));
         std::fs::write(&disk, vec![0u8; MIB]).unwrap();
         let mut vm = Console::start(
@@ -300,25 +323,107 @@ fn every_flushed_write_survives_sigkill() {
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGKILL)
         );
-        let flushed: Vec<u64> = vm
-            .seen
-            .iter()
-            .filter_map(|l| l.strip_prefix("blk flushed 0x"))
-            .map(|h| u64::from_str_radix(h, 16).unwrap())
-            .collect();
+        let flushed = flushed_sectors(&vm.seen);
         assert!(flushed.len() as u64 > kill_after);
-        let bytes = std::fs::read(&disk).unwrap();
-        for k in flushed {
-            let sector = &bytes[k as usize * 512..(k as usize + 1) * 512];
-            let expected: Vec<u8> = (0..512u64).map(|i| (k * 7 + i) as u8).collect();
-            assert_eq!(
-                sector,
-                &expected[..],
-                "round {round}: flushed sector {k} is not on disk"
-            );
-        }
+        assert_on_disk(
+            &flushed,
+            &std::fs::read(&disk).unwrap(),
+            &format!("round {round}"),
+        );
         let _ = std::fs::remove_file(&disk);
     }
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn mount(name: &str, size: &str) -> SmallTmpfs {
+        let dir = scratch(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount(8) is needed to make a small file system");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {dir:?}: run the tests as root"
+        );
+        SmallTmpfs(dir)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_host_disk_gives_the_guest_an_io_error() {
+    require_kvm();
+    // A 2 MiB sparse image on a 256 KiB file system: the host runs out of
+    // space long before the guest reaches the end of its disk.
+    let fs = SmallTmpfs::mount("small-fs", "256k");
+    let disk = fs.0.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(2 * MIB as u64)
+        .unwrap();
+    let kernel = guest("blk", Entry::Linux64);
+    let run = rvmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 blktest.loop",
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    let stop = line(&run.stdout, "blk loop stopped at");
+    assert!(
+        stop.ends_with(&format!(
+            "write status {} flush status {}",
+            hex(1),
+            hex(0xff)
+        )),
+        "the write that found the host disk full must fail with VIRTIO_BLK_S_IOERR: {stop}"
+    );
+    assert!(
+        run.stdout.contains("blk: done"),
+        "the guest must go on after the error: {}",
+        run.stdout
+    );
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("failed on the host"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for the person running rvmm: {}",
+        run.stderr
+    );
+    assert!(
+        warnings[0].contains("No space left on device"),
+        "{}",
+        warnings[0]
+    );
+    let lines: Vec<String> = run.stdout.lines().map(String::from).collect();
+    let flushed = flushed_sectors(&lines);
+    assert!(
+        flushed.len() > 16,
+        "the file system held some sectors: {stop}"
+    );
+    assert_on_disk(&flushed, &std::fs::read(&disk).unwrap(), "full disk");
 }
 
 /// A loop device over a scratch file, detached on drop.

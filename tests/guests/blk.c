@@ -3,7 +3,9 @@
  * reports capacity, read-only flag and ID, checksums every sector (FNV-1a
  * over 64-bit words),
  * asks for a sector past the end, and, if the command line says
- * "blktest.write", writes a pattern, flushes and reads it back. */
+ * "blktest.write", writes a pattern, flushes and reads it back.
+ * "blktest.tag=<hex>" mixes a number into that pattern, so VMs that share
+ * a host can tell their writes apart. */
 #include "guest.h"
 
 #define REG(base, off) (*(volatile u32 *)((base) + (off)))
@@ -73,14 +75,17 @@ static u8 buffer[CHUNK] __attribute__((aligned(4096)));
 
 static u16 used_seen;
 
-static int contains(const char *s, const char *word) {
+/* The text just past the first `word` in `s`, or 0. */
+static const char *after(const char *s, const char *word) {
     for (; *s; s++) {
         const char *a = s, *b = word;
         while (*b && *a == *b) a++, b++;
-        if (!*b) return 1;
+        if (!*b) return a;
     }
     return 0;
 }
+
+static int contains(const char *s, const char *word) { return after(s, word) != 0; }
 
 static void barrier(void) { __asm__ volatile("" ::: "memory"); }
 
@@ -142,6 +147,8 @@ static u64 bench(u64 base, u64 capacity, const char *cmdline) {
 }
 
 static const char *bench_cmdline;
+/* Added to every byte of the write pattern ("blktest.tag=<hex>"). */
+static u8 tag;
 /* "blktest.loop": write and flush sectors one by one until killed. */
 static int contains_loop;
 
@@ -184,10 +191,22 @@ static void test_disk(int index, u64 base, int write) {
 
     u64 capacity = *(volatile u64 *)(base + CONFIG);
     if (contains_loop) {
-        /* Durability loop: write sector k with its pattern, flush, report. */
+        /* Durability loop: write sector k with its pattern, flush, report;
+         * on the first error, say which request failed and how. */
         for (u64 k = 0; k < capacity; k++) {
             for (u32 i = 0; i < 512; i++) buffer[i] = (u8)(k * 7 + i);
-            if (request(base, T_OUT, k, buffer, 512, 0) != 0 || request(base, T_FLUSH, 0, 0, 0, 0) != 0) break;
+            u8 wst = request(base, T_OUT, k, buffer, 512, 0);
+            u8 fst = wst ? 0xff : request(base, T_FLUSH, 0, 0, 0, 0);
+            if (wst || fst) {
+                put_str("blk loop stopped at ");
+                put_hex(k);
+                put_str(" write status ");
+                put_hex(wst);
+                put_str(" flush status ");
+                put_hex(fst);
+                put_char('\n');
+                break;
+            }
             put_str("blk flushed ");
             put_hex(k);
             put_char('\n');
@@ -245,14 +264,15 @@ static void test_disk(int index, u64 base, int write) {
     put_char('\n');
 
     if (write) {
-        /* Sectors 2..9: byte k of the range is (k * 31 + 7 + disk) & 0xff. */
-        for (u32 k = 0; k < 4096; k++) buffer[k] = (u8)(k * 31 + 7 + index);
+        /* Sectors 2..9: byte k of the range is (k * 31 + 7 + disk + tag) & 0xff. */
+        u8 first = (u8)(7 + index + tag);
+        for (u32 k = 0; k < 4096; k++) buffer[k] = (u8)(k * 31 + first);
         u8 wst = request(base, T_OUT, 2, buffer, 4096, 0);
         u8 fst = request(base, T_FLUSH, 0, 0, 0, 0);
         for (u32 k = 0; k < 4096; k++) buffer[k] = 0;
         u8 rst = request(base, T_IN, 2, buffer, 4096, 1);
         int same = 1;
-        for (u32 k = 0; k < 4096; k++) same &= buffer[k] == (u8)(k * 31 + 7 + index);
+        for (u32 k = 0; k < 4096; k++) same &= buffer[k] == (u8)(k * 31 + first);
         put_name(index);
         put_str("write status ");
         put_hex(wst);
@@ -271,6 +291,8 @@ void guest_main(int kind, u64 info) {
     int write = contains(cmdline, "blktest.write");
     if (contains(cmdline, "blkbench.")) bench_cmdline = cmdline;
     contains_loop = contains(cmdline, "blktest.loop");
+    for (const char *s = after(cmdline, "blktest.tag="); s && ((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')); s++)
+        tag = (u8)(tag * 16 + (*s >= 'a' ? *s - 'a' + 10 : *s - '0'));
     int index = 0;
     /* Entries look like virtio_mmio.device=<size>@0x<base>:<irq>; rvmm
      * gives 4K windows, QEMU 512-byte ones. */

@@ -78,6 +78,8 @@ pub struct Block {
     id: [u8; ID_BYTES],
     config: [u8; CONFIG_SIZE],
     buffer: Vec<u8>,
+    /// Whether a host I/O error has been logged at warn level yet.
+    host_error_reported: bool,
 }
 
 impl Block {
@@ -162,6 +164,7 @@ impl Block {
             id: id_bytes,
             config,
             buffer: vec![0; CHUNK],
+            host_error_reported: false,
         }
     }
 
@@ -185,6 +188,23 @@ impl Block {
         Ok(offset)
     }
 
+    /// A failed operation on the host file: the guest gets IOERR, and the
+    /// person running rvmm hears of the first one (a full host disk, a
+    /// failing device); later ones go to the debug log, so a guest that
+    /// keeps retrying cannot flood it.
+    fn host_failure(&mut self, what: &'static str, e: &std::io::Error) -> Failure {
+        if self.host_error_reported {
+            log::debug!("virtio-blk: {what} on {}: {e}", self.path.display());
+        } else {
+            self.host_error_reported = true;
+            log::warn!(
+                "disk {}: {what} failed on the host ({e}); the guest gets an I/O error for it, and further failures are logged at debug level",
+                self.path.display()
+            );
+        }
+        Failure::IoError
+    }
+
     fn read_into(&mut self, sector: u64, data: &mut Writer<'_>) -> RequestResult {
         let len = data.available_bytes() as u64;
         let mut offset = self.range(sector, len)?;
@@ -193,7 +213,7 @@ impl Block {
             let n = left.min(CHUNK);
             self.file
                 .read_exact_at(&mut self.buffer[..n], offset)
-                .map_err(io_error("read"))?;
+                .map_err(|e| self.host_failure("read", &e))?;
             data.write_all(&self.buffer[..n])
                 .map_err(io_error("copy to guest"))?;
             offset += n as u64;
@@ -215,7 +235,7 @@ impl Block {
                 .map_err(io_error("copy from guest"))?;
             self.file
                 .write_all_at(&self.buffer[..n], offset)
-                .map_err(io_error("write"))?;
+                .map_err(|e| self.host_failure("write", &e))?;
             offset += n as u64;
             left -= n;
         }
@@ -278,7 +298,7 @@ impl Block {
             let n = (len - done).min(CHUNK as u64) as usize;
             self.file
                 .write_all_at(&self.buffer[..n], offset + done)
-                .map_err(io_error("write zeros"))?;
+                .map_err(|e| self.host_failure("write zeros", &e))?;
             done += n as u64;
         }
         Ok(())
@@ -326,7 +346,9 @@ impl Block {
                 if self.read_only {
                     Ok(())
                 } else {
-                    self.file.sync_data().map_err(io_error("flush"))
+                    self.file
+                        .sync_data()
+                        .map_err(|e| self.host_failure("flush", &e))
                 }
             }
             VIRTIO_BLK_T_GET_ID => {
