@@ -109,7 +109,8 @@ pub struct Run {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
-    pub elapsed: Duration,
+    /// Peak resident memory of the process, in KiB (getrusage's maxrss).
+    pub max_rss_kib: u64,
 }
 
 impl Run {
@@ -118,18 +119,17 @@ impl Run {
     }
 }
 
-fn finish(output: Output, start: Instant) -> Run {
+fn finish((output, max_rss_kib): (Output, u64)) -> Run {
     Run {
         status: output.status,
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        elapsed: start.elapsed(),
+        max_rss_kib,
     }
 }
 
 /// Runs rvmm with `args` and `stdin` as input, killing it after `limit`.
 pub fn rvmm_with_input(args: &[&str], stdin: &[u8], limit: Duration) -> Run {
-    let start = Instant::now();
     let mut child = Command::new(RVMM)
         .args(args)
         .stdin(Stdio::piped())
@@ -145,7 +145,7 @@ pub fn rvmm_with_input(args: &[&str], stdin: &[u8], limit: Duration) -> Run {
         std::thread::sleep(Duration::from_secs(3600));
     });
     let output = wait_with_limit(child, limit);
-    finish(output, start)
+    finish(output)
 }
 
 /// Runs rvmm with `args` and an empty stdin, killing it after `limit`.
@@ -163,17 +163,16 @@ pub fn rvmm_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
 /// Runs `command` (rvmm, or a wrapper that ends in rvmm) with an empty
 /// stdin, killing it after `limit`.
 pub fn run_command(mut command: Command, limit: Duration) -> Run {
-    let start = Instant::now();
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-    finish(wait_with_limit(child, limit), start)
+    finish(wait_with_limit(child, limit))
 }
 
-fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
+fn wait_with_limit(mut child: Child, limit: Duration) -> (Output, u64) {
     let pid = child.id();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -194,13 +193,25 @@ fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
     });
     let mut out = Vec::new();
     let _ = stdout.read_to_end(&mut out);
-    let status = child.wait().unwrap();
+    // wait4 rather than Child::wait, for the child's peak memory.
+    let mut raw_status = 0;
+    // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, with pointers to live locals.
+    let reaped = unsafe { libc::wait4(pid as i32, &mut raw_status, 0, &mut usage) };
+    assert_eq!(
+        reaped,
+        pid as i32,
+        "wait4: {}",
+        std::io::Error::last_os_error()
+    );
     let _ = done_tx.send(());
-    Output {
-        status,
+    let output = Output {
+        status: std::os::unix::process::ExitStatusExt::from_raw(raw_status),
         stdout: out,
         stderr: err_reader.join().unwrap(),
-    }
+    };
+    (output, usage.ru_maxrss as u64)
 }
 
 /// A running rvmm whose console is read line by line.
