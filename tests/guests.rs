@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fnv1a64, guest, require_kvm, rvmm, rvmm_with_input, scratch, Entry};
+use common::{fnv1a64, guest, require_kvm, rvmm, rvmm_with_input, scratch, Console, Entry};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;
@@ -333,27 +333,53 @@ fn mp_table_lists_every_vcpu() {
     }
 }
 
+/// AnonHugePages of process `pid`, in KiB.
+fn anon_huge_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 #[test]
 fn huge_pages_back_guest_memory_on_request() {
     require_kvm();
-    let kernel = guest("inspect", Entry::Linux64);
-    let run = rvmm(
-        &[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--mem",
-            "256",
-            "--hugepages",
-        ],
-        LIMIT,
-    );
-    assert_clean_exit(&run, "--hugepages");
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .expect("this test needs transparent huge pages in the host kernel");
     assert!(
-        run.stdout
-            .contains("inspect: memory total 0x0000000010000000"),
-        "{}",
-        run.stdout
+        !thp.contains("[never]"),
+        "transparent huge pages are off on this host; echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"
     );
+    let kernel = guest("touch", Entry::Linux64);
+    let k = kernel.to_str().unwrap();
+    let args = [
+        "--kernel",
+        k,
+        "--mem",
+        "256",
+        "--cmdline",
+        "console=ttyS0 touch.wait",
+    ];
+    let mut with = Console::start(&[&args[..], &["--hugepages"]].concat(), "hugepages");
+    with.expect("touch: done", LIMIT);
+    let huge = anon_huge_kib(with.child.id());
+    with.send("x");
+    assert_eq!(with.wait_exit(LIMIT).code(), Some(0), "{}", with.stderr());
+    // The guest wrote 192 MiB; most of it must sit in 2 MiB pages.
+    assert!(
+        huge >= 128 << 10,
+        "--hugepages: only {huge} KiB in huge pages"
+    );
+    if thp.contains("[madvise]") {
+        let mut without = Console::start(&args, "no-hugepages");
+        without.expect("touch: done", LIMIT);
+        let huge = anon_huge_kib(without.child.id());
+        without.send("x");
+        assert_eq!(without.wait_exit(LIMIT).code(), Some(0));
+        assert_eq!(huge, 0, "without --hugepages this host gives no huge pages");
+    }
 }
 
 #[test]
