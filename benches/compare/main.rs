@@ -4,12 +4,16 @@
 //! median / max, ratio to rvmm) and writes target/bench/results.json and
 //! target/bench/report.md.
 //!
-//! Sections: startup, phases, memory, density, block, images. Pass names to
+//! Sections: startup, phases, memory, guest-memory, density, block, images,
+//! linux (on PVM hosts only when named: it takes minutes there). Pass names to
 //! run only some (`cargo bench -- startup memory`). Knobs:
-//! RVMM_BENCH_ITERATIONS (default 15), RVMM_BENCH_DENSITY (largest N, default 200).
+//! RVMM_BENCH_ITERATIONS (default 15), RVMM_BENCH_DENSITY (largest N, default 200),
+//! RVMM_BENCH_LINUX=1 (the Linux boot on PVM hosts too).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod guest_memory;
+mod linux;
 mod peers;
 mod process;
 mod stats;
@@ -74,6 +78,7 @@ fn startup(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         mem_mib: 128,
         cmdline: "console=ttyS0",
         disks: &[],
+        initrd: None,
     };
     let bundles: Vec<Option<Bundle>> = peers
         .iter()
@@ -128,6 +133,7 @@ fn phases(scratch: &Path) -> Vec<Table> {
             mem_mib: 128,
             cmdline: "console=ttyS0",
             disks: &[],
+            initrd: None,
         };
         let out = vm_command(&Peer::Rvmm, &spec, scratch)
             .env("RUST_LOG", "rvmm::vmm=debug")
@@ -171,6 +177,7 @@ fn start_idle(
         mem_mib,
         cmdline: "console=ttyS0",
         disks: &[],
+        initrd: None,
     };
     let cmd = match peer {
         Peer::Container(rt) => bundle?.run_command(rt),
@@ -341,6 +348,7 @@ fn block(peers: &[Peer], scratch: &Path) -> Vec<Table> {
                         mem_mib: 128,
                         cmdline: &cmdline,
                         disks: &disks,
+                        initrd: None,
                     };
                     let (_, total, out) =
                         time_run_output(vm_command(peer, &spec, scratch), "blk: done")?;
@@ -428,13 +436,20 @@ fn main() {
     eprintln!("comparing: {}", systems.join(", "));
 
     let mut tables: Vec<Table> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Table>); 6] = [
+    let asked_for_linux = wanted.iter().any(|w| w == "linux");
+    let sections: [(&str, &dyn Fn() -> Vec<Table>); 8] = [
         ("startup", &|| startup(&peers, &scratch)),
         ("phases", &|| phases(&scratch)),
         ("memory", &|| memory(&peers, &scratch)),
+        ("guest-memory", &|| {
+            guest_memory::guest_memory(&peers, &scratch)
+        }),
         ("density", &|| density(&peers, &scratch)),
         ("block", &|| block(&peers, &scratch)),
         ("images", &|| images(&peers, &scratch)),
+        ("linux", &|| {
+            linux::linux_boot(&peers, &scratch, asked_for_linux)
+        }),
     ];
     for (name, section) in sections {
         if !run(name) {

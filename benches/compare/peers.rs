@@ -35,6 +35,7 @@ pub struct VmSpec<'a> {
     pub mem_mib: u64,
     pub cmdline: &'a str,
     pub disks: &'a [PathBuf],
+    pub initrd: Option<&'a Path>,
 }
 
 /// A command that boots `spec` on `peer`, with the console on stdout.
@@ -54,6 +55,9 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
             ]);
             for d in spec.disks {
                 c.arg("--disk").arg(d);
+            }
+            if let Some(initrd) = spec.initrd {
+                c.arg("--initrd").arg(initrd);
             }
             c
         }
@@ -75,6 +79,9 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
                 .arg("-kernel")
                 .arg(spec.kernel)
                 .args(["-append", spec.cmdline]);
+            if let Some(initrd) = spec.initrd {
+                c.arg("-initrd").arg(initrd);
+            }
             for (i, d) in spec.disks.iter().enumerate() {
                 c.arg("-drive")
                     .arg(format!(
@@ -97,8 +104,12 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
                     )
                 })
                 .collect();
+            let initrd = spec
+                .initrd
+                .map(|i| format!(r#","initrd_path":"{}""#, i.display()))
+                .unwrap_or_default();
             let config = format!(
-                r#"{{"boot-source":{{"kernel_image_path":"{}","boot_args":"{}"}},"drives":[{}],"machine-config":{{"vcpu_count":1,"mem_size_mib":{}}}}}"#,
+                r#"{{"boot-source":{{"kernel_image_path":"{}","boot_args":"{}"{initrd}}},"drives":[{}],"machine-config":{{"vcpu_count":1,"mem_size_mib":{}}}}}"#,
                 spec.kernel.display(),
                 spec.cmdline,
                 drives.join(","),
