@@ -212,6 +212,16 @@ fn long_mode_guest_sees_memory_cmdline_and_initrd() {
     check_inspection(Entry::Linux64, 128, 100_000);
 }
 
+/// rvmm does not parse an initrd: one cut short, or of any odd size, is
+/// handed over byte for byte (the guest kernel judges its contents).
+#[test]
+fn odd_sized_initrds_reach_the_guest_byte_exact() {
+    require_kvm();
+    for len in [1, 511, 4097, (3 << 20) + 1] {
+        check_inspection(Entry::Linux64, 64, len);
+    }
+}
+
 #[test]
 fn memory_map_is_exact_around_the_mmio_hole() {
     require_kvm();
