@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{
@@ -279,6 +280,18 @@ fn a_hostile_guest_cannot_crash_rvmm_or_touch_the_disk() {
     );
 }
 
+/// Arguments that run the blk guest's write-and-flush loop on `disk`.
+fn loop_guest<'a>(kernel: &'a Path, disk: &'a Path) -> [&'a str; 6] {
+    [
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0 blktest.loop",
+        "--disk",
+        disk.to_str().unwrap(),
+    ]
+}
+
 /// The `blk flushed 0x..` lines the loop guest printed.
 fn flushed_sectors(lines: &[String]) -> Vec<u64> {
     lines
@@ -311,17 +324,7 @@ fn every_flushed_write_survives_sigkill() {
         let kill_after = round * round * 2 + 1;
         let disk = scratch(&format!("durable-{round}.img"));
         std::fs::write(&disk, vec![0u8; MIB]).unwrap();
-        let mut vm = Console::start(
-            &[
-                "--kernel",
-                kernel.to_str().unwrap(),
-                "--cmdline",
-                "console=ttyS0 blktest.loop",
-                "--disk",
-                disk.to_str().unwrap(),
-            ],
-            &format!("durable-{round}"),
-        );
+        let mut vm = Console::start(&loop_guest(&kernel, &disk), &format!("durable-{round}"));
         vm.expect(&format!("blk flushed {}", hex(kill_after)), LIMIT);
         // SAFETY: kill(2) on the child this test started.
         unsafe { libc::kill(vm.child.id() as i32, libc::SIGKILL) };
@@ -382,17 +385,7 @@ fn a_full_host_disk_gives_the_guest_an_io_error() {
         .set_len(2 * MIB as u64)
         .unwrap();
     let kernel = guest("blk", Entry::Linux64);
-    let run = rvmm(
-        &[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--cmdline",
-            "console=ttyS0 blktest.loop",
-            "--disk",
-            disk.to_str().unwrap(),
-        ],
-        LIMIT,
-    );
+    let run = rvmm(&loop_guest(&kernel, &disk), LIMIT);
     assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
     let stop = line(&run.stdout, "blk loop stopped at");
     assert!(
