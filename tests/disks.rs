@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    fnv1a64_words, guest, pseudo_random_bytes, require_kvm, rvmm, scratch, Console, Entry,
+    blk_write_pattern, fnv1a64_words, guest, pseudo_random_bytes, require_kvm, rvmm, scratch,
+    Console, Entry,
 };
 
 /// Guest code is emulated on PVM hosts, so reading 64 MiB takes a while there.
@@ -23,13 +24,6 @@ fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
 
 fn hex(v: u64) -> String {
     format!("{v:#018x}")
-}
-
-/// The pattern the guest writes to sectors 2..10 of disk `index`.
-fn pattern(index: usize) -> Vec<u8> {
-    (0..4096u32)
-        .map(|k| (k.wrapping_mul(31) + 7 + index as u32) as u8)
-        .collect()
 }
 
 #[test]
@@ -100,7 +94,7 @@ fn guest_reads_writes_and_flushes_through_virtio_blk() {
     assert_eq!(after.len(), data_bytes.len());
     assert_eq!(
         after[1024..1024 + 4096],
-        pattern(0)[..],
+        blk_write_pattern(0)[..],
         "the flushed pattern is on the host file"
     );
     assert_eq!(after[..1024], data_bytes[..1024]);

@@ -345,12 +345,7 @@ fn mp_table_lists_every_vcpu() {
 
 /// AnonHugePages of process `pid`, in KiB.
 fn anon_huge_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    common::proc_kib(&format!("/proc/{pid}/smaps_rollup"), "AnonHugePages").unwrap()
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    fnv1a64_words, guest, pseudo_random_bytes, require_kvm, run_command, scratch, Entry, RVMM,
+    blk_write_pattern, fnv1a64_words, guest, pseudo_random_bytes, require_kvm, run_command,
+    scratch, Entry, RVMM,
 };
 
 const VMS: usize = 200;
@@ -18,13 +19,6 @@ const DISK_BYTES: usize = 64 << 10;
 /// Two hundred guests share two host CPUs, and on PVM hosts their code is
 /// emulated: a generous limit, so only a hang fails.
 const LIMIT: Duration = Duration::from_secs(900);
-
-/// The bytes guest `tag` writes to sectors 2..10 of its disk (blk.c).
-fn pattern(tag: u8) -> Vec<u8> {
-    (0..4096u32)
-        .map(|k| (k.wrapping_mul(31) + 7 + u32::from(tag)) as u8)
-        .collect()
-}
 
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -117,7 +111,7 @@ fn two_hundred_vms_with_their_own_disks_three_rounds() {
                 run.stdout
             );
             let mut expected = bytes.clone();
-            expected[1024..1024 + 4096].copy_from_slice(&pattern(vm as u8));
+            expected[1024..1024 + 4096].copy_from_slice(&blk_write_pattern(u32::from(vm as u8)));
             assert!(
                 std::fs::read(path).unwrap() == expected,
                 "round {round}: disk {vm} holds something other than its own data and its own VM's write"

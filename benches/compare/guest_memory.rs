@@ -3,7 +3,6 @@
 //! line, on rvmm with and without --hugepages and on each VM peer (QEMU
 //! asks for transparent huge pages for guest RAM by itself).
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
@@ -17,19 +16,10 @@ use crate::{iterations, ms, WARMUP};
 fn touch_ms(cmd: std::process::Command) -> Option<f64> {
     let mut started = start_until(cmd, "touch: start")?;
     let begin = Instant::now();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&started.seen).contains("touch: done") {
-        match started.stdout.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                stop(started.child);
-                return None;
-            }
-            Ok(n) => started.seen.extend_from_slice(&buf[..n]),
-        }
-    }
+    let done = started.read_until("touch: done");
     let elapsed = ms(begin.elapsed());
     stop(started.child);
-    Some(elapsed)
+    done.then_some(elapsed)
 }
 
 pub fn guest_memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {

@@ -297,7 +297,7 @@ fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             kib_per_instance = used.max(rss) / n as f64;
             if n == reference {
                 s_time.samples.push(elapsed);
-                s_mem.samples.push(used.max(rss) / 1024.0 / n as f64);
+                s_mem.samples.push(kib_per_instance / 1024.0);
             }
         }
         let mut s = Series::new(peer.name());

@@ -27,25 +27,33 @@ pub fn start_until(mut cmd: std::process::Command, marker: &str) -> Option<Start
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains(marker) {
-        match stdout.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-    Some(Started {
+    let stdout = child.stdout.take().unwrap();
+    let mut started = Started {
         child,
         stdout,
-        seen,
-        elapsed: start.elapsed(),
-    })
+        seen: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    if !started.read_until(marker) {
+        stop(started.child);
+        return None;
+    }
+    started.elapsed = start.elapsed();
+    Some(started)
+}
+
+impl Started {
+    /// Reads stdout until `marker` has appeared; false if it ends first.
+    pub fn read_until(&mut self, marker: &str) -> bool {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&self.seen).contains(marker) {
+            match self.stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
 }
 
 /// Spawns `cmd` and returns (time to the first stdout line containing
@@ -108,25 +116,9 @@ pub fn stop(mut child: Child) {
 }
 
 pub fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
+    crate::common::proc_kib(&format!("/proc/{pid}/status"), "VmRSS").unwrap_or(0) as f64
 }
 
 pub fn mem_available_kib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
+    crate::common::proc_kib("/proc/meminfo", "MemAvailable").unwrap_or(0) as f64
 }

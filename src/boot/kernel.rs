@@ -49,7 +49,10 @@ pub struct InitrdPlacement {
 
 enum Format {
     Elf,
-    BzImage,
+    /// With the file length its setup header promises.
+    BzImage {
+        promised_len: u64,
+    },
 }
 
 /// Opens a kernel or initrd, which must be a regular file.
@@ -88,7 +91,9 @@ fn detect_format(file: &mut File, path: &Path) -> Result<Format, BootError> {
     if len >= 4 && head[..4] == *b"\x7fELF" {
         Ok(Format::Elf)
     } else if len == head.len() && head[HDRS_MAGIC_OFFSET..] == *b"HdrS" {
-        Ok(Format::BzImage)
+        Ok(Format::BzImage {
+            promised_len: bzimage_length(&head),
+        })
     } else {
         Err(BootError::NotAKernel(path.into()))
     }
@@ -115,26 +120,20 @@ fn elf_extent(file: &mut File) -> Option<u64> {
     Some(end)
 }
 
-/// `(file length, length the header promises)` when a bzImage is shorter
-/// than its setup sectors plus `syssize` say: the loader would copy what is
-/// there and the guest would crash somewhere in the missing part.
-fn bzimage_truncation(file: &mut File) -> Option<(u64, u64)> {
-    let mut head = [0u8; SYSSIZE_OFFSET + 4];
-    file.seek(SeekFrom::Start(0)).ok()?;
-    file.read_exact(&mut head).ok()?;
-    let have = file.metadata().ok()?.len();
-    let need = bzimage_length(&head);
-    (have < need).then_some((have, need))
-}
-
 /// The length a bzImage's setup header promises: boot sector and setup
-/// sectors (0 means 4, boot.rst), then `syssize` 16-byte paragraphs.
-fn bzimage_length(head: &[u8; SYSSIZE_OFFSET + 4]) -> u64 {
+/// sectors (0 means 4, boot.rst), then `syssize` 16-byte paragraphs. A file
+/// shorter than that would load, and the guest would crash somewhere in the
+/// missing part.
+fn bzimage_length(head: &[u8; HDRS_MAGIC_OFFSET + 4]) -> u64 {
     let setup_sects = match head[SETUP_SECTS_OFFSET] {
         0 => 4,
         n => u64::from(n),
     };
-    let syssize = u32::from_le_bytes(head[SYSSIZE_OFFSET..].try_into().unwrap_or_default());
+    let syssize = u32::from_le_bytes(
+        head[SYSSIZE_OFFSET..SYSSIZE_OFFSET + 4]
+            .try_into()
+            .unwrap_or_default(),
+    );
     (setup_sects + 1) * 512 + u64::from(syssize) * 16
 }
 
@@ -203,17 +202,17 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
                 setup_header: None,
             })
         }
-        Format::BzImage => {
+        Format::BzImage { promised_len } => {
             let bad = |reason: String| BootError::BadBzImage {
                 path: path.into(),
                 reason,
             };
-            if let Some((have, need)) = bzimage_truncation(&mut file) {
+            let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            if len < promised_len {
                 return Err(bad(format!(
-                    "the file is truncated ({have} bytes, its header says {need}); copy or rebuild it again"
+                    "the file is truncated ({len} bytes, its header says {promised_len}); copy or rebuild it again"
                 )));
             }
-            rewind(&mut file)?;
             let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
                 .map_err(|e| bad(e.to_string()))?;
             let hdr = loaded
@@ -365,13 +364,13 @@ mod tests {
 
     #[test]
     fn a_bzimage_promises_its_setup_and_syssize() {
-        let mut head = [0u8; SYSSIZE_OFFSET + 4];
-        head[SYSSIZE_OFFSET..].copy_from_slice(&0x100_u32.to_le_bytes());
+        let mut head = [0u8; HDRS_MAGIC_OFFSET + 4];
+        head[SYSSIZE_OFFSET..SYSSIZE_OFFSET + 4].copy_from_slice(&0x100_u32.to_le_bytes());
         // setup_sects 0 means 4: boot sector + 4 sectors + 0x100 paragraphs.
         assert_eq!(bzimage_length(&head), 5 * 512 + 0x1000);
         head[SETUP_SECTS_OFFSET] = 30;
         assert_eq!(bzimage_length(&head), 31 * 512 + 0x1000);
-        head[SYSSIZE_OFFSET..].copy_from_slice(&u32::MAX.to_le_bytes());
+        head[SYSSIZE_OFFSET..SYSSIZE_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(bzimage_length(&head), 31 * 512 + u64::from(u32::MAX) * 16);
     }
 
@@ -394,7 +393,7 @@ mod tests {
         let mut f = File::open(&bz_named_elf).unwrap();
         assert!(matches!(
             detect_format(&mut f, &bz_named_elf),
-            Ok(Format::BzImage)
+            Ok(Format::BzImage { .. })
         ));
 
         let text = dir.join("notes.txt");

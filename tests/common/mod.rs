@@ -334,6 +334,26 @@ pub fn guest_image(name: &str) -> PathBuf {
     path
 }
 
+/// The value of a `Field:   123 kB` line in a /proc file, in KiB.
+pub fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The bytes the blk test guest writes to sectors 2..10 of a disk when it
+/// adds `offset` (disk index plus `blktest.tag`) to its pattern.
+pub fn blk_write_pattern(offset: u32) -> Vec<u8> {
+    (0..4096u32)
+        .map(|k| (k.wrapping_mul(31) + 7 + offset) as u8)
+        .collect()
+}
+
 /// FNV-1a, 64-bit: what the inspect guest computes over the initrd.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {

@@ -75,17 +75,6 @@ static u8 buffer[CHUNK] __attribute__((aligned(4096)));
 
 static u16 used_seen;
 
-/* The text just past the first `word` in `s`, or 0. */
-static const char *after(const char *s, const char *word) {
-    for (; *s; s++) {
-        const char *a = s, *b = word;
-        while (*b && *a == *b) a++, b++;
-        if (!*b) return a;
-    }
-    return 0;
-}
-
-static int contains(const char *s, const char *word) { return after(s, word) != 0; }
 
 static void barrier(void) { __asm__ volatile("" ::: "memory"); }
 

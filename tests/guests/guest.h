@@ -46,6 +46,18 @@ static inline char get_char(void) {
     return (char)inb(COM1);
 }
 
+/* The text just past the first `word` in `s`, or 0 (command-line flags). */
+static inline const char *after(const char *s, const char *word) {
+    for (; *s; s++) {
+        const char *a = s, *b = word;
+        while (*b && *a == *b) a++, b++;
+        if (!*b) return a;
+    }
+    return 0;
+}
+
+static inline int contains(const char *s, const char *word) { return after(s, word) != 0; }
+
 static inline u64 read64(u64 addr) { return *(volatile u64 *)addr; }
 static inline u32 read32(u64 addr) { return *(volatile u32 *)addr; }
 static inline u8 read8(u64 addr) { return *(volatile u8 *)addr; }

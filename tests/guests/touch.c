@@ -8,15 +8,6 @@
 #define START (32UL << 20)
 #define END (224UL << 20)
 
-static int contains(const char *s, const char *word) {
-    for (; *s; s++) {
-        const char *a = s, *b = word;
-        while (*b && *a == *b) a++, b++;
-        if (!*b) return 1;
-    }
-    return 0;
-}
-
 void guest_main(int kind, u64 info) {
     const char *cmdline = (const char *)(kind == KIND_PVH ? read64(info + 24) : (u64)read32(info + 0x228));
     put_str("touch: start\n");
