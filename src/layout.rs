@@ -26,6 +26,10 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Extended BIOS data area, where the MP table goes; everything from here up
 /// to 1 MiB is reserved (EBDA, VGA, BIOS ROM).
 pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI tables: the RSDP where a BIOS-booted kernel scans for it (the BIOS
+/// area, 0xe0000-0xfffff), the other tables after it.
+pub const ACPI_RSDP_START: u64 = 0xe_0000;
+
 /// Where "high" memory and the kernel start.
 pub const HIMEM_START: u64 = 0x10_0000;
 

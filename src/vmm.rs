@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
 use rvmm_devices::boot_timer::{BootTimer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN};
-use rvmm_devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use rvmm_devices::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use rvmm_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
+use rvmm_devices::virtio::mmio::MMIO_WINDOW_SIZE;
 use rvmm_devices::{Bus, BusError};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -25,6 +26,7 @@ use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::seccomp;
 use crate::signals::{self, StopSignals};
 use crate::vcpu::{self, StartGate, StopReason, Vcpu, VcpuHandle, VmStop};
+use crate::x86::acpi::{self, AcpiDevice};
 use crate::x86::regs::{self, EntryMode, RegsError};
 use crate::x86::{cpuid, mptable, paging};
 
@@ -42,6 +44,8 @@ pub enum VmmError {
     Regs(#[from] RegsError),
     #[error(transparent)]
     MpTable(#[from] crate::x86::mptable::MpTableError),
+    #[error(transparent)]
+    Acpi(#[from] crate::x86::acpi::AcpiError),
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error("could not write the boot page tables: {0}")]
@@ -165,6 +169,28 @@ fn load_guest(
         paging::write_identity_tables(mem).map_err(VmmError::PageTables)?;
     }
     Ok(kernel)
+}
+
+/// What the ACPI tables describe: COM1, the i8042 and every disk's
+/// virtio-mmio window.
+fn acpi_devices(disk_count: usize) -> Vec<AcpiDevice> {
+    let mut devices = vec![
+        AcpiDevice::Serial {
+            port: COM1_PORT as u16,
+            len: COM1_PORT_LEN as u8,
+            irq: COM1_IRQ,
+        },
+        AcpiDevice::I8042 { irq: I8042_KBD_IRQ },
+    ];
+    devices.extend((0..disk_count).map(|index| {
+        let (base, irq) = disks::placement(index);
+        AcpiDevice::VirtioMmio {
+            base: base as u32,
+            len: MMIO_WINDOW_SIZE as u32,
+            irq,
+        }
+    }));
+    devices
 }
 
 /// The legacy devices on the port-I/O bus: COM1 and the i8042.
@@ -297,6 +323,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     let disk_args: Vec<String> = (0..config.disks.len()).map(disks::cmdline_arg).collect();
     let kernel = load_guest(config, &mem, mem_bytes, &disk_args)?;
     mptable::write_mptable(&mem, config.cpus)?;
+    acpi::write_acpi_tables(&mem, config.cpus, &acpi_devices(config.disks.len()))?;
     phase("kernel loaded");
 
     let devices = create_legacy_devices(&vm)?;

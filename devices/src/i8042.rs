@@ -9,6 +9,9 @@ use crate::bus::BusDevice;
 /// Ports 0x60 (data) to 0x64 (command/status).
 pub const I8042_PORT: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
+/// The keyboard's IRQ on a PC, which firmware tables name; this model never
+/// raises it (there is no keyboard behind it).
+pub const I8042_KBD_IRQ: u32 = 1;
 
 const DATA_OFFSET: u64 = 0;
 const COMMAND_OFFSET: u64 = 4;

@@ -12,7 +12,7 @@ use linux_loader::loader::elf::start_info::{
 use vm_memory::GuestAddress;
 
 use super::{BootError, InitrdPlacement, KernelImage};
-use crate::layout::{CMDLINE_START, PVH_INFO_START, ZERO_PAGE_START};
+use crate::layout::{ACPI_RSDP_START, CMDLINE_START, PVH_INFO_START, ZERO_PAGE_START};
 use crate::memory::{e820_map, GuestMemoryMmap};
 use crate::x86::regs::EntryMode;
 
@@ -54,6 +54,7 @@ pub fn zero_page(
         };
     }
     params.e820_entries = map.len() as u8;
+    params.acpi_rsdp_addr = ACPI_RSDP_START;
     params
 }
 
@@ -96,6 +97,7 @@ pub fn pvh_info(initrd: Option<InitrdPlacement>, mem_bytes: u64) -> PvhInfo {
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: memmap_addr,
         memmap_entries: memmap.len() as u32,
+        rsdp_paddr: ACPI_RSDP_START,
         ..Default::default()
     };
     PvhInfo {
