@@ -8,7 +8,9 @@ use std::time::Duration;
 use std::path::Path;
 use std::process::Command;
 
-use common::{guest, guest_image, require_kvm, run_command, rvmm, scratch, Entry, Run, RVMM};
+use common::{
+    guest, guest_image, require_kvm, run_command, rvmm, rvmm_binary, scratch, Entry, Run,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -322,8 +324,8 @@ fn hello_with_private_dev(setup: &str, as_nobody: bool, extra: &[&str]) -> (Run,
             "-c",
             &script,
             "sh",
-            RVMM,
         ])
+        .arg(rvmm_binary())
         .args(&args)
         .env("GUEST", hello());
     (run_command(command, LIMIT), args)

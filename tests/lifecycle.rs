@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{guest, require_kvm, Console, Entry, RVMM};
+use common::{guest, require_kvm, rvmm_binary, Console, Entry};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -106,7 +106,7 @@ fn the_terminal_is_restored_after_a_signal() {
         "a new pty starts in canonical mode"
     );
 
-    let mut child = Command::new(RVMM)
+    let mut child = Command::new(rvmm_binary())
         .args(["--kernel", kernel.to_str().unwrap()])
         .stdin(Stdio::from(slave_fd.try_clone().unwrap()))
         .stdout(Stdio::from(slave_fd.try_clone().unwrap()))

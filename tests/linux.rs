@@ -1,27 +1,55 @@
-//! Boots the real kernel from guest-images/ with rvmm.
+//! Boots real Linux kernels with rvmm.
 //!
-//! How far depends on the host (see the project docs on KVM test hosts): on a
-//! PVM-backed host a Linux guest runs up to "Run /init" and no further, so
-//! the tests stop there, after the kernel has probed its virtio disks and
-//! mounted its root file system; on a host with hardware virtualization they
-//! go on to the shell, type commands, check disks from inside the guest, and
-//! reboot.
+//! Two kinds of check. The boot checks run on every host and go as far as a
+//! PVM-backed host allows (see the project docs on KVM test hosts): up to
+//! "Run /init", after the kernel has probed its virtio disks and CPUs. The
+//! user-space checks (shell, SMP, disks from inside the guest, exits) need
+//! hardware virtualization: on a host with VT-x or AMD-V they run directly;
+//! on a PVM host each runs, unchanged, inside the hardware-KVM lab
+//! (`common/lab.rs`), which boots once for all of them. Each says which.
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest_image, is_pvm_host, pseudo_random_bytes, require_kvm, scratch, Console};
+use common::{
+    guest_image, in_lab, is_pvm_host, lab, pseudo_random_bytes, require_kvm, scratch, Console,
+};
 
 /// Guest kernel code is emulated on PVM hosts: minutes, not milliseconds.
 const PVM_BOOT_LIMIT: Duration = Duration::from_secs(1200);
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
 const MIB: usize = 1 << 20;
+const SECTOR: usize = 512;
 
-/// A 64 MiB disk with an MBR and two Linux partitions.
-fn partitioned_disk() -> std::path::PathBuf {
-    let mut image = vec![0u8; 64 * MIB];
+fn boot_limit() -> Duration {
+    if is_pvm_host() {
+        PVM_BOOT_LIMIT
+    } else {
+        BOOT_LIMIT
+    }
+}
+
+/// Limit for each step of a user-space check: everything is emulated in the lab.
+fn step_limit() -> Duration {
+    if in_lab() {
+        Duration::from_secs(240)
+    } else {
+        BOOT_LIMIT
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A 64 MiB disk of pseudo-random bytes with an MBR and two Linux
+/// partitions: 16 MiB from sector 2048, 32 MiB from sector 34816.
+fn partitioned_disk(name: &str) -> PathBuf {
+    let mut image = pseudo_random_bytes(64 * MIB, 11);
+    image[446..510].fill(0);
     let entry = |slot: usize, start: u32, sectors: u32, image: &mut Vec<u8>| {
         let at = 446 + 16 * slot;
         image[at + 4] = 0x83; // Linux
@@ -32,12 +60,18 @@ fn partitioned_disk() -> std::path::PathBuf {
     entry(1, 34816, 65536, &mut image);
     image[510] = 0x55;
     image[511] = 0xaa;
-    let path = scratch("partitioned.img");
+    let path = scratch(name);
     std::fs::write(&path, image).unwrap();
     path
 }
 
-fn sha256(path: &std::path::Path) -> String {
+fn random_disk(name: &str, mib: usize, seed: u64) -> PathBuf {
+    let path = scratch(name);
+    std::fs::write(&path, pseudo_random_bytes(mib * MIB, seed)).unwrap();
+    path
+}
+
+fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum")
         .arg(path)
         .output()
@@ -49,33 +83,30 @@ fn sha256(path: &std::path::Path) -> String {
         .to_string()
 }
 
+// ---------------------------------------------------------------------------
+// Boot checks: every host, up to "Run /init".
+
 #[test]
-fn bzimage_boots_with_initramfs_and_two_disks() {
+fn bzimage_probes_two_disks_and_reaches_init() {
     require_kvm();
     let kernel = guest_image("bzImage");
     let initrd = guest_image("initramfs.cpio");
-    let disk_a = partitioned_disk();
-    let disk_b = scratch("plain.img");
-    std::fs::write(&disk_b, pseudo_random_bytes(8 * MIB, 3)).unwrap();
+    let disk_a = partitioned_disk("boot-partitioned.img");
+    let disk_b = random_disk("boot-plain.img", 8, 3);
     let args = [
         "--kernel",
-        kernel.to_str().unwrap(),
+        path(&kernel),
         "--initrd",
-        initrd.to_str().unwrap(),
+        path(&initrd),
         "--mem",
         "256",
         "--disk",
-        disk_a.to_str().unwrap(),
+        path(&disk_a),
         "--disk",
-        disk_b.to_str().unwrap(),
+        path(&disk_b),
     ];
     let mut vm = Console::start(&args, "linux-bzimage");
-
-    let limit = if is_pvm_host() {
-        PVM_BOOT_LIMIT
-    } else {
-        BOOT_LIMIT
-    };
+    let limit = boot_limit();
     vm.expect("Linux version 6.1", limit);
     vm.expect("Command line: console=ttyS0 reboot=k", limit);
     vm.expect("[vda] 131072 512-byte logical blocks", limit);
@@ -87,94 +118,52 @@ fn bzimage_boots_with_initramfs_and_two_disks() {
         !log.contains("i8042: Can't read CTR"),
         "i8042 probe failed:\n{log}"
     );
-
     if is_pvm_host() {
         assert!(
             vm.stderr().contains("PVM-backed"),
             "rvmm must log the flags it added:\n{}",
             vm.stderr()
         );
-        eprintln!("PVM-backed host: bzImage probed both disks and reached 'Run /init' (user space cannot run here)");
-        return;
     }
-    vm.expect("rvmm-guest: initramfs ready", BOOT_LIMIT);
-    vm.send("echo rvmm-sum-$((6*7))\n");
-    vm.expect("rvmm-sum-42", BOOT_LIMIT);
-    // The guest checksums a disk and writes to the other; the host checks both.
-    let expected = sha256(&disk_b);
-    vm.send("sha256sum /dev/vdb\n");
-    let line = vm.expect("/dev/vdb", BOOT_LIMIT);
-    assert!(
-        line.starts_with(&expected),
-        "guest saw {line:?}, host has {expected}"
-    );
-    vm.send(
-        "echo rvmm-was-here | dd of=/dev/vda bs=512 seek=4 conv=sync,fsync && echo write-done\n",
-    );
-    vm.expect("write-done", BOOT_LIMIT);
-    vm.send("reboot -f\n");
-    let status = vm.wait_exit(BOOT_LIMIT);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "rvmm should exit 0 after the guest reboots; stderr:\n{}",
-        vm.stderr()
-    );
-    let written = std::fs::read(&disk_a).unwrap();
-    assert_eq!(&written[4 * 512..4 * 512 + 14], b"rvmm-was-here\n");
-    eprintln!("hardware-virtualized host: shell, disk checksum, disk write and reboot all checked");
+    eprintln!("bzImage probed both disks and their partitions and reached 'Run /init'");
 }
 
 #[test]
-fn vmlinux_boots_with_its_root_file_system_on_a_disk() {
+fn vmlinux_mounts_its_root_from_a_disk() {
     require_kvm();
     let kernel = guest_image("vmlinux");
     // A private copy: the guest mounts it read-write.
-    let rootfs = scratch("rootfs.ext4");
+    let rootfs = scratch("boot-rootfs.ext4");
     std::fs::copy(guest_image("rootfs.ext4"), &rootfs).unwrap();
     let args = [
         "--kernel",
-        kernel.to_str().unwrap(),
+        path(&kernel),
         "--mem",
         "256",
         "--cmdline",
         "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw",
         "--disk",
-        rootfs.to_str().unwrap(),
+        path(&rootfs),
     ];
     let mut vm = Console::start(&args, "linux-vmlinux");
-    let limit = if is_pvm_host() {
-        PVM_BOOT_LIMIT
-    } else {
-        BOOT_LIMIT
-    };
+    let limit = boot_limit();
     vm.expect("Linux version 6.1", limit);
     vm.expect("[vda] 65536 512-byte logical blocks", limit);
     vm.expect("VFS: Mounted root (ext4 filesystem)", limit);
     vm.expect("Run /sbin/init as init process", limit);
-    if is_pvm_host() {
-        eprintln!(
-            "PVM-backed host: vmlinux (PVH entry) mounted ext4 root from vda and reached init"
-        );
-        return;
-    }
-    vm.expect("rvmm-guest: initramfs ready", BOOT_LIMIT);
-    vm.send("mount | grep ' / ' && sync && reboot -f\n");
-    vm.expect("/dev/vda on / type ext4", BOOT_LIMIT);
-    assert_eq!(vm.wait_exit(BOOT_LIMIT).code(), Some(0), "{}", vm.stderr());
-    eprintln!("hardware-virtualized host: vmlinux booted to a shell with its root on /dev/vda");
+    eprintln!("vmlinux (PVH entry) mounted its ext4 root from vda and reached init");
 }
 
 #[test]
-fn four_vcpus_and_4_gib_are_listed_or_brought_up() {
+fn four_vcpus_and_4_gib_are_listed() {
     require_kvm();
     let kernel = guest_image("vmlinux");
     let initrd = guest_image("initramfs.cpio");
     let args = [
         "--kernel",
-        kernel.to_str().unwrap(),
+        path(&kernel),
         "--initrd",
-        initrd.to_str().unwrap(),
+        path(&initrd),
         "--cpus",
         "4",
         "--mem",
@@ -185,11 +174,7 @@ fn four_vcpus_and_4_gib_are_listed_or_brought_up() {
         "console=ttyS0 earlyprintk=serial reboot=k panic=1 pci=off",
     ];
     let mut vm = Console::start(&args, "linux-smp");
-    let limit = if is_pvm_host() {
-        PVM_BOOT_LIMIT
-    } else {
-        BOOT_LIMIT
-    };
+    let limit = boot_limit();
     // 4096 MiB: 3328 MiB below the MMIO hole, the other 768 MiB from 4 GiB.
     vm.expect(
         "BIOS-e820: [mem 0x0000000100000000-0x000000012fffffff] usable",
@@ -202,14 +187,372 @@ fn four_vcpus_and_4_gib_are_listed_or_brought_up() {
             "{}",
             vm.stderr()
         );
-        eprintln!("PVM-backed host: the kernel lists 4 CPUs from the MP table and the full 4 GiB (APs cannot start here)");
+    }
+    eprintln!("the kernel lists 4 CPUs from the MP table and the full 4 GiB");
+}
+
+// ---------------------------------------------------------------------------
+// User-space checks: directly on hardware KVM, in the lab on PVM hosts.
+
+/// Every user-space check, by its test name: the lab runs them all in one L1 boot.
+const USER_SPACE_CHECKS: &[&str] = &[
+    "shell_answers_typed_commands_on_one_cpu",
+    "two_cpus_and_sigterm_ends_with_143",
+    "four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal",
+    "disks_read_and_written_from_inside_the_guest",
+    "vmlinux_with_its_root_on_a_disk_reaches_the_shell",
+    "debian_kernel_reaches_user_space_and_reads_its_disk",
+];
+
+/// Runs `check` where user space can run: here on a hardware-virtualized
+/// host (the lab's L1 is one), else in the lab, which runs this same test.
+fn user_space(name: &str, check: impl FnOnce()) {
+    assert!(
+        USER_SPACE_CHECKS.contains(&name),
+        "{name} must be listed in USER_SPACE_CHECKS for the lab to run it"
+    );
+    if is_pvm_host() {
+        lab::check(name, USER_SPACE_CHECKS);
         return;
     }
-    vm.expect("smp: Brought up 1 node, 4 CPUs", BOOT_LIMIT);
-    vm.expect("rvmm-guest: initramfs ready", BOOT_LIMIT);
-    vm.send("echo cpus=$(nproc)\n");
-    vm.expect("cpus=4", BOOT_LIMIT);
+    require_kvm();
+    eprintln!(
+        "{name}: running on this host's hardware-virtualized /dev/kvm{}",
+        if in_lab() { " (the lab's L1)" } else { "" }
+    );
+    check();
+}
+
+/// Starts rvmm and waits for the shell of the guest images' /init, whose
+/// banner names the CPUs the guest brought up; checks the seccomp filters.
+fn boot_to_shell(vm: &mut Console, banner: &str) -> String {
+    let line = vm.expect(banner, step_limit());
+    vm.expect("built-in shell (ash)", step_limit());
+    assert_seccomp_on_every_thread(vm.child.id());
+    // A wide terminal, so the shell never wraps the echo of a typed command.
+    vm.run("stty cols 1000", step_limit());
+    line
+}
+
+/// Every rvmm thread (main, vCPUs, event loop) runs under a seccomp filter.
+fn assert_seccomp_on_every_thread(pid: u32) {
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .collect();
+    assert!(!tasks.is_empty());
+    for task in tasks {
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        assert!(
+            status.lines().any(|l| l == "Seccomp:\t2"),
+            "rvmm thread {} runs without a seccomp filter:\n{status}",
+            comm.trim()
+        );
+    }
+}
+
+/// The guest's `nproc` and its kernel's SMP line both say `cpus`.
+fn assert_cpus(vm: &mut Console, cpus: u32) {
+    let plural = if cpus == 1 { "CPU" } else { "CPUs" };
+    let brought_up = format!("smp: Brought up 1 node, {cpus} {plural}");
+    assert!(
+        vm.seen.iter().any(|l| l.contains(&brought_up)),
+        "no {brought_up:?} in the boot log:\n{}",
+        vm.seen.join("\n")
+    );
+    let (status, out) = vm.run("nproc", step_limit());
+    assert_eq!((status, out), (0, vec![cpus.to_string()]), "guest's nproc");
+}
+
+/// The guest's sha256 of `device` equals the host's of `image`.
+fn assert_guest_checksum(vm: &mut Console, device: &str, image: &Path) {
+    let (status, out) = vm.run(&format!("sha256sum {device}"), step_limit());
+    let expected = sha256(image);
+    assert_eq!(status, 0, "sha256sum {device} failed: {out:?}");
+    assert_eq!(
+        out.first().and_then(|l| l.split_whitespace().next()),
+        Some(expected.as_str()),
+        "the guest read {device} differently from the host file: {out:?}"
+    );
+}
+
+/// No rvmm process whose arguments name `marker` is left on the host.
+fn assert_no_rvmm_left(marker: &Path) {
+    let marker = marker.to_str().unwrap();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|p| std::fs::read(p.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker))
+        .collect();
+    assert!(left.is_empty(), "rvmm processes left behind: {left:?}");
+}
+
+fn reboot_and_expect_status_0(vm: &mut Console) {
     vm.send("reboot -f\n");
-    assert_eq!(vm.wait_exit(BOOT_LIMIT).code(), Some(0), "{}", vm.stderr());
-    eprintln!("hardware-virtualized host: 4 CPUs brought up, nproc says 4");
+    let status = vm.wait_exit(step_limit());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "rvmm should exit 0 after the guest reboots; stderr:\n{}",
+        vm.stderr()
+    );
+}
+
+fn bzimage_args(cpus: &str) -> Vec<String> {
+    [
+        "--kernel",
+        path(&guest_image("bzImage")),
+        "--initrd",
+        path(&guest_image("initramfs.cpio")),
+        "--mem",
+        "256",
+        "--cpus",
+        cpus,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn shell_answers_typed_commands_on_one_cpu() {
+    user_space("shell_answers_typed_commands_on_one_cpu", || {
+        let args = bzimage_args("1");
+        let mut vm = Console::start(&strs(&args), "user-one-cpu");
+        let banner = boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+        assert!(banner.ends_with(", 1 CPU)"), "{banner}");
+        // The shell echoes what is typed; only the shell can print 42.
+        let (status, out) = vm.run("echo rvmm-sum-$((6*7))", step_limit());
+        assert_eq!((status, out), (0, vec!["rvmm-sum-42".to_string()]));
+        let (status, out) = vm.run("cat /proc/self/comm", step_limit());
+        assert_eq!((status, out), (0, vec!["cat".to_string()]));
+        assert_cpus(&mut vm, 1);
+        reboot_and_expect_status_0(&mut vm);
+        eprintln!("bzImage: shell banner, typed commands' output, nproc 1, reboot -f exits 0");
+    });
+}
+
+#[test]
+fn two_cpus_and_sigterm_ends_with_143() {
+    user_space("two_cpus_and_sigterm_ends_with_143", || {
+        let marker = random_disk("user-sigterm.img", 1, 5);
+        let mut args = bzimage_args("2");
+        args.extend(["--disk".to_string(), path(&marker).to_string()]);
+        let mut vm = Console::start(&strs(&args), "user-two-cpus");
+        boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+        assert_cpus(&mut vm, 2);
+        // SAFETY: kill(2) on the child this test started and still owns.
+        let sent = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0);
+        let status = vm.wait_exit(step_limit());
+        assert_eq!(status.code(), Some(143), "stderr:\n{}", vm.stderr());
+        assert_no_rvmm_left(&marker);
+        eprintln!("bzImage: 2 CPUs brought up, nproc 2; SIGTERM ends rvmm with 143, nothing left");
+    });
+}
+
+#[test]
+fn four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal() {
+    user_space("four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal", || {
+        let disk = random_disk("user-smp.img", 4, 7);
+        let mut args = bzimage_args("4");
+        args.extend(["--disk".to_string(), format!("{},ro", path(&disk))]);
+        let mut vm = Console::start_on_terminal(&strs(&args), "user-four-cpus");
+        let banner = boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+        assert!(banner.ends_with(", 4 CPU)"), "{banner}");
+        assert_cpus(&mut vm, 4);
+        assert_guest_checksum(&mut vm, "/dev/vda", &disk);
+        // Ctrl-A x: the quit escape a person at the terminal uses.
+        vm.send("\x01x");
+        let status = vm.wait_exit(step_limit());
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", vm.stderr());
+        assert_no_rvmm_left(&disk);
+        eprintln!(
+            "bzImage on a terminal: 4 CPUs, nproc 4, disk checksum; Ctrl-A x exits 0, nothing left"
+        );
+    });
+}
+
+#[test]
+fn disks_read_and_written_from_inside_the_guest() {
+    user_space("disks_read_and_written_from_inside_the_guest", || {
+        let rw = partitioned_disk("user-partitioned.img");
+        let ro = random_disk("user-readonly.img", 8, 9);
+        let rw_before = std::fs::read(&rw).unwrap();
+        let ro_before = std::fs::read(&ro).unwrap();
+        let mut args = bzimage_args("1");
+        args.extend(["--disk".to_string(), path(&rw).to_string()]);
+        args.extend(["--disk".to_string(), format!("{},ro", path(&ro))]);
+        let mut vm = Console::start(&strs(&args), "user-disks");
+        boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+
+        // Partitions as the guest kernel found them: name and size in KiB.
+        let (_, out) = vm.run("cat /proc/partitions", step_limit());
+        let mut found: Vec<(String, String)> = out
+            .iter()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 4 && f[3].starts_with("vd")).then(|| (f[3].into(), f[2].into()))
+            })
+            .collect();
+        found.sort();
+        let expected: Vec<(String, String)> = [
+            ("vda", "65536"),
+            ("vda1", "16384"),
+            ("vda2", "32768"),
+            ("vdb", "8192"),
+        ]
+        .map(|(a, b)| (a.into(), b.into()))
+        .to_vec();
+        assert_eq!(found, expected, "/proc/partitions: {out:?}");
+
+        assert_guest_checksum(&mut vm, "/dev/vdb", &ro);
+        let (_, out) = vm.run("cat /sys/block/vdb/ro", step_limit());
+        assert_eq!(out, vec!["1".to_string()], "vdb should be read-only");
+
+        // 4 KiB of a pattern into the first partition's second 4 KiB block,
+        // flushed (fsync, then sync).
+        let (status, out) = vm.run(
+            "yes rvmm-lab-pattern | head -c 4096 | dd of=/dev/vda1 bs=4096 seek=1 conv=fsync && sync",
+            step_limit(),
+        );
+        assert_eq!(status, 0, "writing vda1 failed: {out:?}");
+        let (status, out) = vm.run(
+            "dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync",
+            step_limit(),
+        );
+        assert_ne!(status, 0, "writing the read-only disk succeeded: {out:?}");
+        eprintln!("the guest's write to the read-only disk failed as it should: {out:?}");
+        reboot_and_expect_status_0(&mut vm);
+
+        let rw_after = std::fs::read(&rw).unwrap();
+        let at = 2048 * SECTOR + 4096;
+        let pattern: Vec<u8> = b"rvmm-lab-pattern\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(4096)
+            .collect();
+        assert!(
+            rw_after[at..at + 4096] == pattern[..],
+            "the pattern is not at byte {at} of the host file"
+        );
+        let changed: Vec<usize> = (0..rw_after.len())
+            .filter(|&i| !(at..at + 4096).contains(&i) && rw_after[i] != rw_before[i])
+            .take(5)
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "bytes changed outside the write: {changed:?}..."
+        );
+        assert!(
+            std::fs::read(&ro).unwrap() == ro_before,
+            "the read-only disk changed"
+        );
+        eprintln!("disks: partitions, read-only checksum, a flushed write at the right offset and nowhere else, a refused read-only write");
+    });
+}
+
+#[test]
+fn vmlinux_with_its_root_on_a_disk_reaches_the_shell() {
+    user_space("vmlinux_with_its_root_on_a_disk_reaches_the_shell", || {
+        let rootfs = scratch("user-rootfs.ext4");
+        std::fs::copy(guest_image("rootfs.ext4"), &rootfs).unwrap();
+        let kernel = guest_image("vmlinux");
+        let args = [
+            "--kernel",
+            path(&kernel),
+            "--mem",
+            "256",
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw",
+            "--disk",
+            path(&rootfs),
+        ];
+        let mut vm = Console::start(&args, "user-rootfs");
+        vm.expect("Run /sbin/init as init process", step_limit());
+        boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+        // The kernel names a root it mounted itself /dev/root, so compare
+        // device numbers: stat's is hex (major << 8 | minor for small ones).
+        let (_, root) = vm.run("stat -c %D /", step_limit());
+        let (_, vda) = vm.run("cat /sys/block/vda/dev", step_limit());
+        let vda_hex = vda.first().and_then(|d| {
+            let (major, minor) = d.split_once(':')?;
+            Some(format!(
+                "{:x}",
+                major.parse::<u32>().ok()? << 8 | minor.parse::<u32>().ok()?
+            ))
+        });
+        assert!(
+            vda_hex.is_some() && root.first() == vda_hex.as_ref(),
+            "/ is on device {root:?}, vda is {vda:?}"
+        );
+        let (_, mounts) = vm.run("cat /proc/mounts", step_limit());
+        assert!(
+            mounts.iter().any(|l| l.starts_with("/dev/root / ext4 rw")),
+            "{mounts:?}"
+        );
+        let (status, _) = vm.run("echo rvmm-root-$((6*7)) > /marker && sync", step_limit());
+        assert_eq!(status, 0);
+        reboot_and_expect_status_0(&mut vm);
+        let image = std::fs::read(&rootfs).unwrap();
+        assert!(
+            image.windows(13).any(|w| w == b"rvmm-root-42\n"),
+            "the file the guest wrote to its root is not in the image"
+        );
+        eprintln!("vmlinux: root on /dev/vda (ext4, rw) up to the shell; a file written there is in the image");
+    });
+}
+
+#[test]
+fn debian_kernel_reaches_user_space_and_reads_its_disk() {
+    user_space(
+        "debian_kernel_reaches_user_space_and_reads_its_disk",
+        || {
+            let disk = random_disk("user-debian.img", 4, 13);
+            let version = std::fs::read_to_string(guest_image("lab/VERSION")).unwrap();
+            let (kernel, initrd) = (
+                guest_image("lab/vmlinuz"),
+                guest_image("lab/debian-initramfs.cpio"),
+            );
+            let args = [
+                "--kernel",
+                path(&kernel),
+                "--initrd",
+                path(&initrd),
+                "--mem",
+                "512",
+                "--cpus",
+                "2",
+                // Without the default's `nomodule`: this guest loads its virtio
+                // drivers as modules.
+                "--cmdline",
+                "console=ttyS0 reboot=k panic=1 pci=off",
+                "--disk",
+                &format!("{},ro", path(&disk)),
+            ];
+            let mut vm = Console::start(&args, "user-debian");
+            let banner = boot_to_shell(&mut vm, "debian-guest: user space (");
+            assert!(banner.contains("-amd64, 2 CPU)"), "{banner} ({version})");
+            assert_cpus(&mut vm, 2);
+            // Debian's kernel cannot take virtio-mmio devices from the command
+            // line: it found this one in rvmm's ACPI tables (DSDT).
+            let (_, devices) = vm.run("ls /sys/bus/acpi/devices", step_limit());
+            assert!(
+                devices.iter().any(|l| l.contains("LNRO0005:00")),
+                "no virtio-mmio device in the guest's ACPI namespace: {devices:?}"
+            );
+            assert_guest_checksum(&mut vm, "/dev/vda", &disk);
+            reboot_and_expect_status_0(&mut vm);
+            eprintln!(
+                "Debian's kernel ({}): user space, 2 CPUs, its virtio disk read whole",
+                version.trim()
+            );
+        },
+    );
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     blk_write_pattern, fnv1a64_words, guest, pseudo_random_bytes, require_kvm, run_command,
-    scratch, Entry, RVMM,
+    rvmm_binary, scratch, Entry,
 };
 
 const VMS: usize = 200;
@@ -70,7 +70,7 @@ fn two_hundred_vms_with_their_own_disks_three_rounds() {
             .iter()
             .enumerate()
             .map(|(vm, (path, _))| {
-                let mut command = Command::new(RVMM);
+                let mut command = Command::new(rvmm_binary());
                 command.args([
                     "--kernel",
                     kernel.to_str().unwrap(),

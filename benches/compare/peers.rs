@@ -44,7 +44,7 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
     let mem = spec.mem_mib.to_string();
     match peer {
         Peer::Rvmm => {
-            let mut c = Command::new(crate::common::RVMM);
+            let mut c = Command::new(crate::common::rvmm_binary());
             c.args([
                 "--kernel",
                 &spec.kernel.display().to_string(),

@@ -3,13 +3,31 @@
 //! finding the guest images.
 #![allow(dead_code)]
 
+pub mod lab;
+
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const RVMM: &str = env!("CARGO_BIN_EXE_rvmm");
+/// Where a test binary copied into the hardware-KVM lab finds what cargo
+/// would have told it at build time (see `lab.rs`); unset everywhere else.
+pub const LAB_BIN_VAR: &str = "RVMM_TEST_BIN";
+pub const LAB_IMAGES_VAR: &str = "RVMM_TEST_IMAGES";
+pub const LAB_SCRATCH_VAR: &str = "RVMM_TEST_SCRATCH";
+
+/// The rvmm binary under test.
+pub fn rvmm_binary() -> OsString {
+    std::env::var_os(LAB_BIN_VAR).unwrap_or_else(|| env!("CARGO_BIN_EXE_rvmm").into())
+}
+
+/// True inside the hardware-KVM lab, where everything runs under an emulator.
+pub fn in_lab() -> bool {
+    std::env::var_os(LAB_BIN_VAR).is_some()
+}
 
 /// Fails (never skips) when this host cannot run VMs, saying how to fix it.
 pub fn require_kvm() {
@@ -130,7 +148,7 @@ fn finish((output, max_rss_kib): (Output, u64)) -> Run {
 
 /// Runs rvmm with `args` and `stdin` as input, killing it after `limit`.
 pub fn rvmm_with_input(args: &[&str], stdin: &[u8], limit: Duration) -> Run {
-    let mut child = Command::new(RVMM)
+    let mut child = Command::new(rvmm_binary())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -155,7 +173,7 @@ pub fn rvmm(args: &[&str], limit: Duration) -> Run {
 
 /// As [`rvmm`], with extra environment variables.
 pub fn rvmm_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
-    let mut command = Command::new(RVMM);
+    let mut command = Command::new(rvmm_binary());
     command.args(args).envs(env.iter().copied());
     run_command(command, limit)
 }
@@ -220,38 +238,89 @@ pub struct Console {
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
     stderr_path: PathBuf,
-    input: std::process::ChildStdin,
+    input: Box<dyn Write + Send>,
+    /// Commands sent through [`Console::run`], numbering their end markers.
+    commands: u32,
 }
 
 impl Console {
-    /// Starts rvmm with `args`; its stderr goes to a scratch file.
+    /// Starts rvmm with `args`, its console on pipes; its stderr goes to a
+    /// scratch file.
     pub fn start(args: &[&str], name: &str) -> Console {
-        let stderr_path = scratch(&format!("{name}.stderr"));
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(RVMM)
-            .args(args)
+        let mut child = Self::command(args, name)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(stderr)
             .spawn()
             .expect("cannot start the rvmm binary");
         let stdout = child.stdout.take().unwrap();
+        let input = Box::new(child.stdin.take().unwrap());
+        Self::attach(child, stdout, input, name)
+    }
+
+    /// Starts rvmm with `args` on a new pseudo-terminal, as a person at a
+    /// shell would: rvmm puts it in raw mode and honours Ctrl-A x.
+    pub fn start_on_terminal(args: &[&str], name: &str) -> Console {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills in two new descriptors; the pointers are valid.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc, 0,
+            "cannot open a pseudo-terminal (is /dev/pts mounted?)"
+        );
+        // SAFETY: both descriptors are fresh and owned here from now on.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let child = Self::command(args, name)
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave))
+            .spawn()
+            .expect("cannot start the rvmm binary");
+        let reader = std::fs::File::from(master.try_clone().unwrap());
+        Self::attach(child, reader, Box::new(std::fs::File::from(master)), name)
+    }
+
+    fn command(args: &[&str], name: &str) -> Command {
+        let stderr_path = scratch(&format!("{name}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut command = Command::new(rvmm_binary());
+        command.args(args).stderr(stderr);
+        command
+    }
+
+    fn attach(
+        child: Child,
+        output: impl Read + Send + 'static,
+        input: Box<dyn Write + Send>,
+        name: &str,
+    ) -> Console {
         let (tx, lines) = mpsc::channel::<String>();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
+            for line in BufReader::new(output).split(b'\n') {
                 let Ok(line) = line else { break };
+                // A terminal ends lines with \r\n.
+                let line = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
-        let input = child.stdin.take().unwrap();
         Console {
             child,
             lines,
             seen: Vec::new(),
-            stderr_path,
+            stderr_path: scratch(&format!("{name}.stderr")),
             input,
+            commands: 0,
         }
     }
 
@@ -263,6 +332,29 @@ impl Console {
     pub fn send(&mut self, text: &str) {
         self.input.write_all(text.as_bytes()).unwrap();
         self.input.flush().unwrap();
+    }
+
+    /// Runs `command` in the guest's shell and returns its exit status and
+    /// the lines it printed. The shell echoes what is typed, so the end
+    /// marker is typed as `$((N))` and only its expansion, printed by the
+    /// shell after the command has run, counts.
+    pub fn run(&mut self, command: &str, limit: Duration) -> (i32, Vec<String>) {
+        self.commands += 1;
+        let n = self.commands;
+        let typed = format!("rvmm-done-$(({n}))-");
+        let printed = format!("rvmm-done-{n}-");
+        self.send(&format!("{command}; echo {typed}$?\n"));
+        let first = self.seen.len();
+        let end = self.expect(&printed, limit);
+        let status = end
+            .split(&printed)
+            .nth(1)
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no exit status in {end:?}"));
+        let lines = &self.seen[first..self.seen.len() - 1];
+        let echo = lines.iter().rposition(|l| l.contains(&typed));
+        let output = lines[echo.map_or(0, |i| i + 1)..].to_vec();
+        (status, output)
     }
 
     /// Waits for a console line containing `marker`; panics with everything
@@ -296,13 +388,17 @@ impl Console {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.try_recv() {
+                    self.seen.push(line);
+                }
                 return status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!(
-                    "rvmm did not exit within {limit:?}; console:\n{}",
-                    self.seen.join("\n")
+                    "rvmm did not exit within {limit:?}; console:\n{}\nstderr:\n{}",
+                    self.seen.join("\n"),
+                    self.stderr()
                 );
             }
             while let Ok(line) = self.lines.try_recv() {
@@ -322,9 +418,7 @@ impl Drop for Console {
 
 /// The guest images built by `guest-images/build.sh`, or a failure saying how to get them.
 pub fn guest_image(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("guest-images/out")
-        .join(name);
+    let path = guest_images_dir().join(name);
     assert!(
         path.is_file(),
         "{} is missing: build the guest images first with `guest-images/build.sh` \
@@ -332,6 +426,13 @@ pub fn guest_image(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Where `guest-images/build.sh` puts its outputs.
+pub fn guest_images_dir() -> PathBuf {
+    std::env::var_os(LAB_IMAGES_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images/out"))
 }
 
 /// The value of a `Field:   123 kB` line in a /proc file, in KiB.
@@ -363,8 +464,10 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 
 /// A scratch file path unique to this test process.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("scratch-{}", std::process::id()));
+    let base = std::env::var_os(LAB_SCRATCH_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let dir = base.join(format!("scratch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }

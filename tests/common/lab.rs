@@ -1,0 +1,274 @@
+//! The hardware-KVM lab: a host with AMD-V, emulated by QEMU, for the Linux
+//! tests that a PVM-backed host cannot run (see the project docs on KVM test
+//! hosts, "A hardware-KVM host in a box").
+//!
+//! QEMU's TCG emulator implements SVM with nested paging, so Debian's kernel
+//! booted under it (L1) loads `kvm_amd` and offers an ordinary `/dev/kvm`.
+//! The lab puts this very test binary, the rvmm binary (both static) and the
+//! guest images into L1's initramfs and runs the named tests there, where
+//! they take their hardware-KVM path and boot their Linux guests (L2) under
+//! rvmm. L1 frames every line the tests print as `rvmm-lab| …` on its serial
+//! console; libtest's own `test NAME ... ok` lines and captured output say
+//! how each test went. One L1 boot serves every test of the binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::{guest_image, guest_images_dir, rvmm_binary, scratch};
+
+/// L1's RAM: enough for a 4 GiB guest that touches little of it.
+const L1_MEM_MIB: u32 = 3072;
+/// Everything in the lab is emulated: an L2 Linux boot takes 10-30 s here.
+const LAB_LIMIT: Duration = Duration::from_secs(25 * 60);
+const FRAME: &str = "rvmm-lab| ";
+const QEMU: &str = "qemu-system-x86_64";
+
+/// What one L1 boot printed.
+struct LabRun {
+    /// The framed lines, unframed: the test binary's output inside L1.
+    output: Vec<String>,
+    /// Where L1's whole console log was saved.
+    log: PathBuf,
+}
+
+static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
+
+/// Asserts that `test` passed inside the lab, booting the lab once for all
+/// of `tests` on first use, and passes on what the test printed there.
+pub fn check(test: &str, tests: &[&str]) {
+    let run = match RUN.get_or_init(|| boot(tests)) {
+        Ok(run) => run,
+        Err(reason) => {
+            panic!("the hardware-KVM lab did not run, so {test} was not checked: {reason}")
+        }
+    };
+    let result = run
+        .output
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("test {test} ... ")));
+    let section = captured_output(&run.output, test);
+    match result {
+        Some("ok") => eprintln!(
+            "ran in the hardware-KVM lab (L1: Debian's kernel under QEMU TCG with AMD-V, kvm_amd); its output there:\n{section}"
+        ),
+        Some(other) => panic!(
+            "{test} failed in the hardware-KVM lab ({other}):\n{section}\nL1's whole console: {}",
+            run.log.display()
+        ),
+        None => panic!(
+            "{test} did not run in the hardware-KVM lab; the end of its output:\n{}\nL1's whole console: {}",
+            tail(&run.output, 40),
+            run.log.display()
+        ),
+    }
+}
+
+/// What libtest captured for `test` (`--show-output`), its panic message included.
+fn captured_output(output: &[String], test: &str) -> String {
+    let header = format!("---- {test} stdout ----");
+    let Some(start) = output.iter().position(|l| *l == header) else {
+        return String::from("(no captured output)");
+    };
+    output[start + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with("---- ") && *l != "successes:" && *l != "failures:")
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Kills QEMU on every way out of [`boot`].
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn boot(tests: &[&str]) -> Result<LabRun, String> {
+    let kernel = guest_image("lab/vmlinuz");
+    let initrd = l1_initramfs(tests)?;
+    let started = Instant::now();
+    let mut qemu = Command::new(QEMU);
+    qemu.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "EPYC,+svm,+npt",
+        "-smp",
+        "2",
+    ])
+    .args(["-m", &L1_MEM_MIB.to_string()])
+    .args([
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(&kernel)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args(["-append", "console=ttyS0 quiet panic=-1"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = qemu.spawn().map_err(|e| {
+        format!("cannot start {QEMU} ({e}); `guest-images/build.sh` installs it (Debian's qemu-system-x86)")
+    })?;
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let _qemu = Qemu(child);
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+
+    let log = scratch("lab-console.log");
+    let mut console = Vec::new();
+    let mut output = Vec::new();
+    let mut kvm_ready = false;
+    let mut job_exit = None;
+    let deadline = started + LAB_LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(framed) = line.strip_prefix(FRAME) {
+                    output.push(framed.to_string());
+                } else if line.starts_with("rvmm-lab: kvm ready") {
+                    eprintln!("lab: {line} after {:.1} s", started.elapsed().as_secs_f64());
+                    kvm_ready = true;
+                } else if let Some(status) = line.strip_prefix("rvmm-lab: job exited ") {
+                    job_exit = Some(status.trim().to_string());
+                }
+                console.push(line);
+                if job_exit.is_some() {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                console.push(format!("(the lab was stopped after {LAB_LIMIT:?})"));
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    drop(_qemu);
+    let qemu_errors = errors.join().unwrap_or_default();
+    std::fs::write(&log, console.join("\n")).map_err(|e| e.to_string())?;
+    eprintln!(
+        "lab: L1 ran {:.0} s; its whole console is in {}",
+        started.elapsed().as_secs_f64(),
+        log.display()
+    );
+    if !kvm_ready {
+        return Err(format!(
+            "L1 never offered /dev/kvm. QEMU said:\n{qemu_errors}\nthe end of L1's console:\n{}",
+            tail(&console, 40)
+        ));
+    }
+    match job_exit {
+        Some(_) => Ok(LabRun { output, log }),
+        None => Err(format!(
+            "the tests in L1 did not finish. QEMU said:\n{qemu_errors}\nthe end of L1's console:\n{}",
+            tail(&console, 60)
+        )),
+    }
+}
+
+/// L1's initramfs: the cached `lab/l1.cpio` (busybox, its init, the KVM
+/// modules) followed by a second archive with this run's binaries, the guest
+/// images and the job that runs `tests`. The kernel unpacks both.
+fn l1_initramfs(tests: &[&str]) -> Result<PathBuf, String> {
+    let stage = scratch("lab-stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    let images = stage.join("lab/images");
+    std::fs::create_dir_all(images.join("lab")).map_err(|e| e.to_string())?;
+    let this_test_binary = std::env::current_exe().map_err(|e| e.to_string())?;
+    strip_into(Path::new(&rvmm_binary()), &stage.join("lab/rvmm"))?;
+    strip_into(&this_test_binary, &stage.join("lab/tests"))?;
+    for name in [
+        "bzImage",
+        "vmlinux",
+        "initramfs.cpio",
+        "rootfs.ext4",
+        "lab/vmlinuz",
+        "lab/debian-initramfs.cpio",
+        "lab/VERSION",
+    ] {
+        let from = guest_image(name);
+        std::os::unix::fs::symlink(&from, images.join(name)).map_err(|e| e.to_string())?;
+    }
+    let job = format!(
+        "export {}=/lab/rvmm {}=/lab/images {}=/tmp\nexec /lab/tests --exact --test-threads=1 --show-output {}\n",
+        super::LAB_BIN_VAR,
+        super::LAB_IMAGES_VAR,
+        super::LAB_SCRATCH_VAR,
+        tests.join(" ")
+    );
+    std::fs::write(stage.join("lab/job"), job).map_err(|e| e.to_string())?;
+
+    let archive = scratch("lab-job.cpio");
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg("find . | LC_ALL=C sort | cpio -o -H newc -L --owner=0:0 --quiet > \"$0\"")
+        .arg(&archive)
+        .current_dir(&stage)
+        .status()
+        .map_err(|e| format!("cannot run cpio ({e}); `guest-images/build.sh` installs it"))?;
+    if !cpio.success() {
+        return Err(format!("cpio failed ({cpio}) packing {}", stage.display()));
+    }
+    let initrd = scratch("lab-l1.cpio");
+    let mut bytes = std::fs::read(guest_images_dir().join("lab/l1.cpio")).map_err(|e| {
+        format!("lab/l1.cpio is missing ({e}): build the guest images with `guest-images/build.sh`")
+    })?;
+    bytes.extend(std::fs::read(&archive).map_err(|e| e.to_string())?);
+    std::fs::write(&initrd, bytes).map_err(|e| e.to_string())?;
+    Ok(initrd)
+}
+
+/// Copies a binary without its debug information, which L1 has no use for
+/// and would have to unpack from its initramfs under emulation.
+fn strip_into(from: &Path, to: &Path) -> Result<(), String> {
+    let status = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(|e| format!("cannot run objcopy ({e}); install binutils"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "objcopy --strip-debug {} failed ({status})",
+            from.display()
+        ))
+    }
+}
