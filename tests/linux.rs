@@ -196,12 +196,12 @@ fn four_vcpus_and_4_gib_are_listed() {
 
 /// Every user-space check, by its test name: the lab runs them all in one L1 boot.
 const USER_SPACE_CHECKS: &[&str] = &[
-    "shell_answers_typed_commands_on_one_cpu",
-    "two_cpus_and_sigterm_ends_with_143",
-    "four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal",
-    "disks_read_and_written_from_inside_the_guest",
-    "vmlinux_with_its_root_on_a_disk_reaches_the_shell",
-    "debian_kernel_reaches_user_space_and_reads_its_disk",
+    "user_space_shell_answers_typed_commands_on_one_cpu",
+    "user_space_two_cpus_and_sigterm_ends_with_143",
+    "user_space_four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal",
+    "user_space_disks_read_and_written_from_inside_the_guest",
+    "user_space_vmlinux_with_its_root_on_a_disk_reaches_the_shell",
+    "user_space_debian_kernel_reads_its_virtio_disk",
 ];
 
 /// Runs `check` where user space can run: here on a hardware-virtualized
@@ -320,8 +320,8 @@ fn strs(args: &[String]) -> Vec<&str> {
 }
 
 #[test]
-fn shell_answers_typed_commands_on_one_cpu() {
-    user_space("shell_answers_typed_commands_on_one_cpu", || {
+fn user_space_shell_answers_typed_commands_on_one_cpu() {
+    user_space("user_space_shell_answers_typed_commands_on_one_cpu", || {
         let args = bzimage_args("1");
         let mut vm = Console::start(&strs(&args), "user-one-cpu");
         let banner = boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
@@ -338,8 +338,8 @@ fn shell_answers_typed_commands_on_one_cpu() {
 }
 
 #[test]
-fn two_cpus_and_sigterm_ends_with_143() {
-    user_space("two_cpus_and_sigterm_ends_with_143", || {
+fn user_space_two_cpus_and_sigterm_ends_with_143() {
+    user_space("user_space_two_cpus_and_sigterm_ends_with_143", || {
         let marker = random_disk("user-sigterm.img", 1, 5);
         let mut args = bzimage_args("2");
         args.extend(["--disk".to_string(), path(&marker).to_string()]);
@@ -357,202 +357,208 @@ fn two_cpus_and_sigterm_ends_with_143() {
 }
 
 #[test]
-fn four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal() {
-    user_space("four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal", || {
-        let disk = random_disk("user-smp.img", 4, 7);
-        let mut args = bzimage_args("4");
-        args.extend(["--disk".to_string(), format!("{},ro", path(&disk))]);
-        let mut vm = Console::start_on_terminal(&strs(&args), "user-four-cpus");
-        let banner = boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
-        assert!(banner.ends_with(", 4 CPU)"), "{banner}");
-        assert_cpus(&mut vm, 4);
-        assert_guest_checksum(&mut vm, "/dev/vda", &disk);
-        // Ctrl-A x: the quit escape a person at the terminal uses.
-        vm.send("\x01x");
-        let status = vm.wait_exit(step_limit());
-        assert_eq!(status.code(), Some(0), "stderr:\n{}", vm.stderr());
-        assert_no_rvmm_left(&disk);
-        eprintln!(
+fn user_space_four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal() {
+    user_space(
+        "user_space_four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal",
+        || {
+            let disk = random_disk("user-smp.img", 4, 7);
+            let mut args = bzimage_args("4");
+            args.extend(["--disk".to_string(), format!("{},ro", path(&disk))]);
+            let mut vm = Console::start_on_terminal(&strs(&args), "user-four-cpus");
+            let banner = boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+            assert!(banner.ends_with(", 4 CPU)"), "{banner}");
+            assert_cpus(&mut vm, 4);
+            assert_guest_checksum(&mut vm, "/dev/vda", &disk);
+            // Ctrl-A x: the quit escape a person at the terminal uses.
+            vm.send("\x01x");
+            let status = vm.wait_exit(step_limit());
+            assert_eq!(status.code(), Some(0), "stderr:\n{}", vm.stderr());
+            assert_no_rvmm_left(&disk);
+            eprintln!(
             "bzImage on a terminal: 4 CPUs, nproc 4, disk checksum; Ctrl-A x exits 0, nothing left"
         );
-    });
+        },
+    );
 }
 
 #[test]
-fn disks_read_and_written_from_inside_the_guest() {
-    user_space("disks_read_and_written_from_inside_the_guest", || {
-        let rw = partitioned_disk("user-partitioned.img");
-        let ro = random_disk("user-readonly.img", 8, 9);
-        let rw_before = std::fs::read(&rw).unwrap();
-        let ro_before = std::fs::read(&ro).unwrap();
-        let mut args = bzimage_args("1");
-        args.extend(["--disk".to_string(), path(&rw).to_string()]);
-        args.extend(["--disk".to_string(), format!("{},ro", path(&ro))]);
-        let mut vm = Console::start(&strs(&args), "user-disks");
-        boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+fn user_space_disks_read_and_written_from_inside_the_guest() {
+    user_space(
+        "user_space_disks_read_and_written_from_inside_the_guest",
+        || {
+            let rw = partitioned_disk("user-partitioned.img");
+            let ro = random_disk("user-readonly.img", 8, 9);
+            let rw_before = std::fs::read(&rw).unwrap();
+            let ro_before = std::fs::read(&ro).unwrap();
+            let mut args = bzimage_args("1");
+            args.extend(["--disk".to_string(), path(&rw).to_string()]);
+            args.extend(["--disk".to_string(), format!("{},ro", path(&ro))]);
+            let mut vm = Console::start(&strs(&args), "user-disks");
+            boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
 
-        // Partitions as the guest kernel found them: name and size in KiB.
-        let (_, out) = vm.run("cat /proc/partitions", step_limit());
-        let mut found: Vec<(String, String)> = out
-            .iter()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 4 && f[3].starts_with("vd")).then(|| (f[3].into(), f[2].into()))
-            })
-            .collect();
-        found.sort();
-        let expected: Vec<(String, String)> = [
-            ("vda", "65536"),
-            ("vda1", "16384"),
-            ("vda2", "32768"),
-            ("vdb", "8192"),
-        ]
-        .map(|(a, b)| (a.into(), b.into()))
-        .to_vec();
-        assert_eq!(found, expected, "/proc/partitions: {out:?}");
+            // Partitions as the guest kernel found them: name and size in KiB.
+            let (_, out) = vm.run("cat /proc/partitions", step_limit());
+            let mut found: Vec<(String, String)> = out
+                .iter()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() == 4 && f[3].starts_with("vd")).then(|| (f[3].into(), f[2].into()))
+                })
+                .collect();
+            found.sort();
+            let expected: Vec<(String, String)> = [
+                ("vda", "65536"),
+                ("vda1", "16384"),
+                ("vda2", "32768"),
+                ("vdb", "8192"),
+            ]
+            .map(|(a, b)| (a.into(), b.into()))
+            .to_vec();
+            assert_eq!(found, expected, "/proc/partitions: {out:?}");
 
-        assert_guest_checksum(&mut vm, "/dev/vdb", &ro);
-        let (_, out) = vm.run("cat /sys/block/vdb/ro", step_limit());
-        assert_eq!(out, vec!["1".to_string()], "vdb should be read-only");
+            assert_guest_checksum(&mut vm, "/dev/vdb", &ro);
+            let (_, out) = vm.run("cat /sys/block/vdb/ro", step_limit());
+            assert_eq!(out, vec!["1".to_string()], "vdb should be read-only");
 
-        // 4 KiB of a pattern into the first partition's second 4 KiB block,
-        // flushed (fsync, then sync).
-        let (status, out) = vm.run(
+            // 4 KiB of a pattern into the first partition's second 4 KiB block,
+            // flushed (fsync, then sync).
+            let (status, out) = vm.run(
             "yes rvmm-lab-pattern | head -c 4096 | dd of=/dev/vda1 bs=4096 seek=1 conv=fsync && sync",
             step_limit(),
         );
-        assert_eq!(status, 0, "writing vda1 failed: {out:?}");
-        let (status, out) = vm.run(
-            "dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync",
-            step_limit(),
-        );
-        assert_ne!(status, 0, "writing the read-only disk succeeded: {out:?}");
-        eprintln!("the guest's write to the read-only disk failed as it should: {out:?}");
-        reboot_and_expect_status_0(&mut vm);
-
-        let rw_after = std::fs::read(&rw).unwrap();
-        let at = 2048 * SECTOR + 4096;
-        let pattern: Vec<u8> = b"rvmm-lab-pattern\n"
-            .iter()
-            .copied()
-            .cycle()
-            .take(4096)
-            .collect();
-        assert!(
-            rw_after[at..at + 4096] == pattern[..],
-            "the pattern is not at byte {at} of the host file"
-        );
-        let changed: Vec<usize> = (0..rw_after.len())
-            .filter(|&i| !(at..at + 4096).contains(&i) && rw_after[i] != rw_before[i])
-            .take(5)
-            .collect();
-        assert!(
-            changed.is_empty(),
-            "bytes changed outside the write: {changed:?}..."
-        );
-        assert!(
-            std::fs::read(&ro).unwrap() == ro_before,
-            "the read-only disk changed"
-        );
-        eprintln!("disks: partitions, read-only checksum, a flushed write at the right offset and nowhere else, a refused read-only write");
-    });
-}
-
-#[test]
-fn vmlinux_with_its_root_on_a_disk_reaches_the_shell() {
-    user_space("vmlinux_with_its_root_on_a_disk_reaches_the_shell", || {
-        let rootfs = scratch("user-rootfs.ext4");
-        std::fs::copy(guest_image("rootfs.ext4"), &rootfs).unwrap();
-        let kernel = guest_image("vmlinux");
-        let args = [
-            "--kernel",
-            path(&kernel),
-            "--mem",
-            "256",
-            "--cmdline",
-            "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw",
-            "--disk",
-            path(&rootfs),
-        ];
-        let mut vm = Console::start(&args, "user-rootfs");
-        vm.expect("Run /sbin/init as init process", step_limit());
-        boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
-        // The kernel names a root it mounted itself /dev/root, so compare
-        // device numbers: stat's is hex (major << 8 | minor for small ones).
-        let (_, root) = vm.run("stat -c %D /", step_limit());
-        let (_, vda) = vm.run("cat /sys/block/vda/dev", step_limit());
-        let vda_hex = vda.first().and_then(|d| {
-            let (major, minor) = d.split_once(':')?;
-            Some(format!(
-                "{:x}",
-                major.parse::<u32>().ok()? << 8 | minor.parse::<u32>().ok()?
-            ))
-        });
-        assert!(
-            vda_hex.is_some() && root.first() == vda_hex.as_ref(),
-            "/ is on device {root:?}, vda is {vda:?}"
-        );
-        let (_, mounts) = vm.run("cat /proc/mounts", step_limit());
-        assert!(
-            mounts.iter().any(|l| l.starts_with("/dev/root / ext4 rw")),
-            "{mounts:?}"
-        );
-        let (status, _) = vm.run("echo rvmm-root-$((6*7)) > /marker && sync", step_limit());
-        assert_eq!(status, 0);
-        reboot_and_expect_status_0(&mut vm);
-        let image = std::fs::read(&rootfs).unwrap();
-        assert!(
-            image.windows(13).any(|w| w == b"rvmm-root-42\n"),
-            "the file the guest wrote to its root is not in the image"
-        );
-        eprintln!("vmlinux: root on /dev/vda (ext4, rw) up to the shell; a file written there is in the image");
-    });
-}
-
-#[test]
-fn debian_kernel_reaches_user_space_and_reads_its_disk() {
-    user_space(
-        "debian_kernel_reaches_user_space_and_reads_its_disk",
-        || {
-            let disk = random_disk("user-debian.img", 4, 13);
-            let version = std::fs::read_to_string(guest_image("lab/VERSION")).unwrap();
-            let (kernel, initrd) = (
-                guest_image("lab/vmlinuz"),
-                guest_image("lab/debian-initramfs.cpio"),
+            assert_eq!(status, 0, "writing vda1 failed: {out:?}");
+            let (status, out) = vm.run(
+                "dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync",
+                step_limit(),
             );
+            assert_ne!(status, 0, "writing the read-only disk succeeded: {out:?}");
+            eprintln!("the guest's write to the read-only disk failed as it should: {out:?}");
+            reboot_and_expect_status_0(&mut vm);
+
+            let rw_after = std::fs::read(&rw).unwrap();
+            let at = 2048 * SECTOR + 4096;
+            let pattern: Vec<u8> = b"rvmm-lab-pattern\n"
+                .iter()
+                .copied()
+                .cycle()
+                .take(4096)
+                .collect();
+            assert!(
+                rw_after[at..at + 4096] == pattern[..],
+                "the pattern is not at byte {at} of the host file"
+            );
+            let changed: Vec<usize> = (0..rw_after.len())
+                .filter(|&i| !(at..at + 4096).contains(&i) && rw_after[i] != rw_before[i])
+                .take(5)
+                .collect();
+            assert!(
+                changed.is_empty(),
+                "bytes changed outside the write: {changed:?}..."
+            );
+            assert!(
+                std::fs::read(&ro).unwrap() == ro_before,
+                "the read-only disk changed"
+            );
+            eprintln!("disks: partitions, read-only checksum, a flushed write at the right offset and nowhere else, a refused read-only write");
+        },
+    );
+}
+
+#[test]
+fn user_space_vmlinux_with_its_root_on_a_disk_reaches_the_shell() {
+    user_space(
+        "user_space_vmlinux_with_its_root_on_a_disk_reaches_the_shell",
+        || {
+            let rootfs = scratch("user-rootfs.ext4");
+            std::fs::copy(guest_image("rootfs.ext4"), &rootfs).unwrap();
+            let kernel = guest_image("vmlinux");
             let args = [
                 "--kernel",
                 path(&kernel),
-                "--initrd",
-                path(&initrd),
                 "--mem",
-                "512",
-                "--cpus",
-                "2",
-                // Without the default's `nomodule`: this guest loads its virtio
-                // drivers as modules.
+                "256",
                 "--cmdline",
-                "console=ttyS0 reboot=k panic=1 pci=off",
+                "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw",
                 "--disk",
-                &format!("{},ro", path(&disk)),
+                path(&rootfs),
             ];
-            let mut vm = Console::start(&args, "user-debian");
-            let banner = boot_to_shell(&mut vm, "debian-guest: user space (");
-            assert!(banner.contains("-amd64, 2 CPU)"), "{banner} ({version})");
-            assert_cpus(&mut vm, 2);
-            // Debian's kernel cannot take virtio-mmio devices from the command
-            // line: it found this one in rvmm's ACPI tables (DSDT).
-            let (_, devices) = vm.run("ls /sys/bus/acpi/devices", step_limit());
+            let mut vm = Console::start(&args, "user-rootfs");
+            vm.expect("Run /sbin/init as init process", step_limit());
+            boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+            // The kernel names a root it mounted itself /dev/root, so compare
+            // device numbers: stat's is hex (major << 8 | minor for small ones).
+            let (_, root) = vm.run("stat -c %D /", step_limit());
+            let (_, vda) = vm.run("cat /sys/block/vda/dev", step_limit());
+            let vda_hex = vda.first().and_then(|d| {
+                let (major, minor) = d.split_once(':')?;
+                Some(format!(
+                    "{:x}",
+                    major.parse::<u32>().ok()? << 8 | minor.parse::<u32>().ok()?
+                ))
+            });
             assert!(
-                devices.iter().any(|l| l.contains("LNRO0005:00")),
-                "no virtio-mmio device in the guest's ACPI namespace: {devices:?}"
+                vda_hex.is_some() && root.first() == vda_hex.as_ref(),
+                "/ is on device {root:?}, vda is {vda:?}"
             );
-            assert_guest_checksum(&mut vm, "/dev/vda", &disk);
+            let (_, mounts) = vm.run("cat /proc/mounts", step_limit());
+            assert!(
+                mounts.iter().any(|l| l.starts_with("/dev/root / ext4 rw")),
+                "{mounts:?}"
+            );
+            let (status, _) = vm.run("echo rvmm-root-$((6*7)) > /marker && sync", step_limit());
+            assert_eq!(status, 0);
             reboot_and_expect_status_0(&mut vm);
-            eprintln!(
-                "Debian's kernel ({}): user space, 2 CPUs, its virtio disk read whole",
-                version.trim()
+            let image = std::fs::read(&rootfs).unwrap();
+            assert!(
+                image.windows(13).any(|w| w == b"rvmm-root-42\n"),
+                "the file the guest wrote to its root is not in the image"
             );
+            eprintln!("vmlinux: root on /dev/vda (ext4, rw) up to the shell; a file written there is in the image");
         },
     );
+}
+
+#[test]
+fn user_space_debian_kernel_reads_its_virtio_disk() {
+    user_space("user_space_debian_kernel_reads_its_virtio_disk", || {
+        let disk = random_disk("user-debian.img", 4, 13);
+        let version = std::fs::read_to_string(guest_image("lab/VERSION")).unwrap();
+        let (kernel, initrd) = (
+            guest_image("lab/vmlinuz"),
+            guest_image("lab/debian-initramfs.cpio"),
+        );
+        let args = [
+            "--kernel",
+            path(&kernel),
+            "--initrd",
+            path(&initrd),
+            "--mem",
+            "512",
+            "--cpus",
+            "2",
+            // Without the default's `nomodule`: this guest loads its virtio
+            // drivers as modules.
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1 pci=off",
+            "--disk",
+            &format!("{},ro", path(&disk)),
+        ];
+        let mut vm = Console::start(&args, "user-debian");
+        let banner = boot_to_shell(&mut vm, "debian-guest: user space (");
+        assert!(banner.contains("-amd64, 2 CPU)"), "{banner} ({version})");
+        assert_cpus(&mut vm, 2);
+        // Debian's kernel cannot take virtio-mmio devices from the command
+        // line: it found this one in rvmm's ACPI tables (DSDT).
+        let (_, devices) = vm.run("ls /sys/bus/acpi/devices", step_limit());
+        assert!(
+            devices.iter().any(|l| l.contains("LNRO0005:00")),
+            "no virtio-mmio device in the guest's ACPI namespace: {devices:?}"
+        );
+        assert_guest_checksum(&mut vm, "/dev/vda", &disk);
+        reboot_and_expect_status_0(&mut vm);
+        eprintln!(
+            "Debian's kernel ({}): user space, 2 CPUs, its virtio disk read whole",
+            version.trim()
+        );
+    });
 }
