@@ -155,7 +155,12 @@ impl MutEventSubscriber for AttachedDisk {
         if let Some(evt) = self.queue_evts.get(queue) {
             debug_assert_eq!(evt.as_raw_fd(), events.fd());
             let _ = evt.read();
-            rvmm_devices::bus::lock(&self.transport).process_queue(queue);
+            let more = rvmm_devices::bus::lock(&self.transport).process_queue(queue);
+            if more {
+                // Out of budget with requests waiting: come back after the
+                // other events (a stop signal among them) have had their turn.
+                let _ = evt.write(1);
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     blk_write_pattern, fnv1a64_words, guest, pseudo_random_bytes, require_kvm, rvmm, scratch,
@@ -233,6 +233,42 @@ fn a_disk_in_use_by_another_vm_is_refused() {
         Duration::from_secs(30),
     );
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
+}
+
+#[test]
+fn a_guest_flooding_its_disk_cannot_delay_a_stop() {
+    require_kvm();
+    let kernel = guest("flood", Entry::Linux64);
+    // Sparse: the guest's 200 MiB reads must be in range to be served.
+    let disk = scratch("flood.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(256 * MIB as u64)
+        .unwrap();
+    let mut vm = Console::start(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        "flood",
+    );
+    vm.expect("flood: started", Duration::from_secs(30));
+    // Let the flood run, so the event loop is busy with it when the signal comes.
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Instant::now();
+    // SAFETY: kill(2) on the child this test started and still owns.
+    let signalled = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(signalled, 0);
+    let status = vm.wait_exit(Duration::from_secs(10));
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(143), "{}", vm.stderr());
+    assert!(
+        took < Duration::from_millis(500),
+        "rvmm took {took:?} to stop while its guest flooded the disk"
+    );
+    eprintln!("flooding guest: SIGTERM ended rvmm in {took:?}");
 }
 
 #[test]

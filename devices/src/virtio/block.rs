@@ -13,14 +13,21 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_blk::*;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use vm_memory::{Address, Bytes, GuestAddress};
 
-use super::{read_config_bytes, GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    read_config_bytes, GuestMemoryMmap, Served, VirtioDevice, BYTES_PER_NOTIFICATION,
+    REQUESTS_PER_NOTIFICATION, VIRTIO_F_VERSION_1,
+};
 
 pub const SECTOR_SIZE: u64 = 512;
 pub const QUEUE_SIZE: u16 = 256;
 /// Most data descriptors in one request.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Most descriptors in one request: the header, SEG_MAX data, the status.
+pub const MAX_DESCRIPTORS: u32 = SEG_MAX + 2;
 /// Largest single descriptor.
 pub const SIZE_MAX: u32 = 1 << 20;
 /// Most ranges in one DISCARD or WRITE_ZEROES request.
@@ -304,17 +311,43 @@ impl Block {
         Ok(())
     }
 
-    /// Checks the chain against SEG_MAX and SIZE_MAX.
-    fn check_limits(chain: &DescriptorChain<&GuestMemoryMmap>) -> RequestResult {
-        let mut count = 0u32;
-        for desc in chain.clone() {
-            count += 1;
-            if desc.len() > SIZE_MAX || count > SEG_MAX + 2 {
-                log::debug!("virtio-blk: request exceeds SEG_MAX or SIZE_MAX");
-                return Err(Failure::IoError);
+    /// Walks a request's descriptors in the guest's table before anything
+    /// else reads them: at most MAX_DESCRIPTORS, each within SIZE_MAX, and
+    /// none pointing to an indirect table. VIRTIO_F_INDIRECT_DESC is not
+    /// offered, and virtio-queue would otherwise follow tables of up to
+    /// 65535 entries while building the request's reader and writer.
+    /// Returns the chain's total length, or None for a refused chain.
+    fn check_chain(
+        mem: &GuestMemoryMmap,
+        table: GuestAddress,
+        size: u16,
+        head: u16,
+    ) -> Option<u64> {
+        let mut index = head;
+        let mut total = 0u64;
+        for _ in 0..MAX_DESCRIPTORS {
+            let desc: Descriptor = mem
+                .read_obj(table.checked_add(u64::from(index) * 16)?)
+                .ok()?;
+            if desc.refers_to_indirect_table() {
+                log::debug!("virtio-blk: indirect descriptor, but the feature was not offered");
+                return None;
+            }
+            if desc.len() > SIZE_MAX {
+                log::debug!("virtio-blk: descriptor longer than SIZE_MAX");
+                return None;
+            }
+            total += u64::from(desc.len());
+            if !desc.has_next() {
+                return Some(total);
+            }
+            index = desc.next();
+            if index >= size {
+                return None;
             }
         }
-        Ok(())
+        log::debug!("virtio-blk: request has more than SEG_MAX data descriptors");
+        None
     }
 
     fn execute(
@@ -384,12 +417,9 @@ impl Block {
             return 0;
         };
         let mut header = [0u8; 16];
-        let result = Self::check_limits(&chain)
-            .and_then(|()| {
-                reader
-                    .read_exact(&mut header)
-                    .map_err(io_error("request header"))
-            })
+        let result = reader
+            .read_exact(&mut header)
+            .map_err(io_error("request header"))
             .and_then(|()| self.execute(header, &mut reader, &mut writer));
         let code = match result {
             Ok(()) => VIRTIO_BLK_S_OK,
@@ -431,18 +461,35 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Served {
+        let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
+        let (mut requests, mut bytes) = (0, 0);
+        let mut out_of_budget = false;
+        while !out_of_budget {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
-            let len = self.serve(chain, mem);
+            // A chain refused by the walk goes back unread, without a status.
+            let len = match Self::check_chain(mem, table, size, head) {
+                Some(chain_bytes) => {
+                    bytes += chain_bytes;
+                    self.serve(chain, mem)
+                }
+                None => 0,
+            };
             if let Err(e) = queue.add_used(mem, head, len) {
                 log::debug!("virtio-blk: cannot return request {head} to the guest: {e}");
                 break;
             }
-            used = true;
+            requests += 1;
+            out_of_budget =
+                requests == REQUESTS_PER_NOTIFICATION || bytes >= BYTES_PER_NOTIFICATION;
         }
-        used && queue.needs_notification(mem).unwrap_or(true)
+        Served {
+            notify_guest: requests > 0 && queue.needs_notification(mem).unwrap_or(true),
+            more_pending: out_of_budget,
+        }
     }
 }
 

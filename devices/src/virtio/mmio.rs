@@ -92,16 +92,18 @@ impl MmioTransport {
 
     /// Serves queue `index` after a notification. Requests that arrive before
     /// the driver is ready, or on a queue it set up wrongly, are not touched.
-    pub fn process_queue(&mut self, index: usize) {
+    /// Returns true when requests are left for another round (the caller
+    /// re-arms the queue's notification).
+    pub fn process_queue(&mut self, index: usize) -> bool {
         if !self.is_activated() {
             log::debug!("virtio: notification before the driver is ready; ignored");
-            return;
+            return false;
         }
         let Some(queue) = self.queues.get_mut(index) else {
-            return;
+            return false;
         };
         if !queue.ready() {
-            return;
+            return false;
         }
         if self.queue_misconfigured[index] || !queue.is_valid(&self.mem) {
             log::debug!(
@@ -109,11 +111,13 @@ impl MmioTransport {
             );
             self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
             self.signal(VIRTIO_MMIO_INT_CONFIG);
-            return;
+            return false;
         }
-        if self.device.process_queue(index, queue, &self.mem) {
+        let served = self.device.process_queue(index, queue, &self.mem);
+        if served.notify_guest {
             self.signal(VIRTIO_MMIO_INT_VRING);
         }
+        served.more_pending
     }
 
     fn signal(&self, why: u32) {

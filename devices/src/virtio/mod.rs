@@ -12,6 +12,22 @@ pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 /// `VIRTIO_F_VERSION_1`: a virtio 1.x (non-legacy) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
+/// Most requests served for one queue notification before the event loop
+/// gets its turn back; the rest are served on the next round.
+pub const REQUESTS_PER_NOTIFICATION: usize = 64;
+/// Most data moved for one notification: a round ends once a request takes
+/// it past this (one request always goes through, however large).
+pub const BYTES_PER_NOTIFICATION: u64 = 8 << 20;
+
+/// What one round of serving a queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Buffers went back to the guest and it asked to be interrupted.
+    pub notify_guest: bool,
+    /// The budget ran out with requests still waiting: serve again soon.
+    pub more_pending: bool,
+}
+
 /// A device model carried by a virtio transport. The transport owns the
 /// queues and the guest-facing registers; the device sees only requests.
 pub trait VirtioDevice: Send {
@@ -25,9 +41,10 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Takes a write to the configuration space (most devices ignore them).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// Serves every available request on `queue`. Returns whether any
-    /// buffer was returned to the guest (so it should be interrupted).
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Serves at most [`REQUESTS_PER_NOTIFICATION`] available requests, or
+    /// about [`BYTES_PER_NOTIFICATION`] of data, on `queue`, so that a guest keeping its queue full cannot hold the event
+    /// loop (which also handles stop signals) for ever.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Served;
     /// Forgets per-driver state: the guest reset the device.
     fn reset(&mut self) {}
 }
