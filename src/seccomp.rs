@@ -1,5 +1,5 @@
-//! Per-thread seccomp filters (seccompiler). The VMM thread and each vCPU
-//! thread install their own allow-list before any guest code runs; anything
+//! Per-thread seccomp filters (seccompiler). The VMM thread, each vCPU
+//! thread and the console output thread install their own allow-list before any guest code runs; anything
 //! else kills the whole process (SIGSYS). The lists are what those threads
 //! call once the VM is built: files and KVM objects are all open by then.
 
@@ -17,6 +17,8 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread: KVM_RUN and device register accesses.
     Vcpu,
+    /// The console output thread: writes to stdout, nothing else.
+    ConsoleOutput,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +99,12 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             vec![ioctl_rule(TCGETS), ioctl_rule(TCSETS)]
         }
         ThreadKind::Vcpu => vec![ioctl_rule(KVM_RUN), ioctl_rule(KVM_GET_REGS)],
+        // No ioctl at all (an empty rule list would allow every one).
+        ThreadKind::ConsoleOutput => vec![],
     };
-    rules.insert(libc::SYS_ioctl, ioctls);
+    if !ioctls.is_empty() {
+        rules.insert(libc::SYS_ioctl, ioctls);
+    }
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string()))?;

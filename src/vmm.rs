@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, cmdline, BootError, KernelImage};
 use crate::config::{ConfigError, VmConfig};
 use crate::console::{ConsoleInput, RawTerminal};
+use crate::console_output::{self, OutputSink};
 use crate::disks::{self, DiskError};
 use crate::host;
 use crate::hypervisor::{self, KvmError};
@@ -46,6 +47,8 @@ pub enum VmmError {
     MpTable(#[from] crate::x86::mptable::MpTableError),
     #[error(transparent)]
     Acpi(#[from] crate::x86::acpi::AcpiError),
+    #[error(transparent)]
+    ConsoleOutput(#[from] crate::console_output::ConsoleOutputError),
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error("could not write the boot page tables: {0}")]
@@ -201,7 +204,7 @@ struct LegacyDevices {
     reset_evt: EventFd,
 }
 
-fn create_legacy_devices(vm: &VmFd) -> Result<LegacyDevices, VmmError> {
+fn create_legacy_devices(vm: &VmFd, output: OutputSink) -> Result<LegacyDevices, VmmError> {
     let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(setup("create an eventfd"));
     let serial_irq = new_evt()?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
@@ -212,7 +215,7 @@ fn create_legacy_devices(vm: &VmFd) -> Result<LegacyDevices, VmmError> {
         serial_input_space
             .try_clone()
             .map_err(setup("clone an eventfd"))?,
-        Box::new(std::io::stdout()),
+        Box::new(output),
     )));
     let reset_evt = new_evt()?;
     let i8042 = Arc::new(Mutex::new(I8042::new(
@@ -326,7 +329,9 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     acpi::write_acpi_tables(&mem, config.cpus, &acpi_devices(config.disks.len()))?;
     phase("kernel loaded");
 
-    let devices = create_legacy_devices(&vm)?;
+    let (output, console_writer) =
+        console_output::start(Box::new(std::io::stdout()), config.seccomp)?;
+    let devices = create_legacy_devices(&vm, output)?;
     let io_bus = Arc::new(devices.io_bus);
     let mut mmio_bus = Bus::new();
     let first_run = Arc::new(OnceLock::new());
@@ -399,6 +404,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
             log::error!("{e}");
         }
     }
+    console_writer.finish();
     drop(terminal);
     phase("VM stopped");
     if let Some(e) = loop_error {

@@ -132,3 +132,45 @@ fn the_terminal_is_restored_after_a_signal() {
     );
     drop(master_fd);
 }
+
+#[test]
+fn a_stalled_stdout_neither_blocks_the_guest_nor_the_stop() {
+    require_kvm();
+    let kernel = guest("chatter", Entry::Linux64);
+    // stdout is a pipe that nobody reads: it fills within a second.
+    let mut child = Command::new(rvmm_binary())
+        .args(["--kernel", kernel.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let unread_stdout = child.stdout.take();
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = std::time::Instant::now();
+    send_signal(child.id(), libc::SIGTERM);
+    let deadline = sent + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rvmm did not stop within 5 s of SIGTERM while its stdout was stalled");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = sent.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    drop(unread_stdout);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("stdout is stalled"),
+        "rvmm should say it left output unwritten:\n{stderr}"
+    );
+    // The writer waits at most half a second for a stalled stdout.
+    assert!(took < Duration::from_secs(2), "stopping took {took:?}");
+    eprintln!("stalled stdout: SIGTERM ended rvmm in {took:?}");
+}

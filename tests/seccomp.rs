@@ -54,8 +54,8 @@ fn every_thread_is_filtered_while_the_guest_runs() {
     let modes = thread_modes(vm.child.id());
     assert_eq!(
         modes.len(),
-        3,
-        "VMM thread and two vCPU threads expected: {modes:?}"
+        4,
+        "VMM thread, two vCPU threads and the console output thread expected: {modes:?}"
     );
     for (name, mode) in &modes {
         assert_eq!(mode, "2", "thread {name} is not under a seccomp filter");
