@@ -114,12 +114,21 @@ fn phase(what: &str) {
     );
 }
 
-/// The boot timer's report, logged at info level.
+/// The boot timer's report: the first at info level; later ones, which only
+/// the guest decides to make, at debug level, so it cannot flood the log.
 fn boot_timer(first_run: &Arc<OnceLock<Instant>>) -> BootTimer {
     let first_run = first_run.clone();
+    let mut reported = false;
     BootTimer::new(move || {
+        let level = if reported {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        reported = true;
         let guest = first_run.get().map(|t| ms(t.elapsed())).unwrap_or(0.0);
-        log::info!(
+        log::log!(
+            level,
             "boot timer: guest booted {:.2} ms after rvmm started ({:.2} ms CPU), {:.2} ms after its first instruction",
             ms(since_process_start()),
             ms(process_cpu_time()),

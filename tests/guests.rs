@@ -409,6 +409,13 @@ fn boot_timer_reports_when_enabled() {
         report.contains("ms after rvmm started") && report.contains("ms CPU"),
         "{report}"
     );
+    assert!(
+        on.stdout.contains("timer: 1000 more reports"),
+        "{}",
+        on.stdout
+    );
+    let reports = on.stderr.matches("boot timer:").count();
+    assert_eq!(reports, 1, "a guest must not flood the log:\n{}", on.stderr);
     let off = common::rvmm_env(&["--kernel", k], &[("RUST_LOG", "info")], LIMIT);
     assert_clean_exit(&off, "boot timer off");
     assert!(!off.stderr.contains("boot timer"), "{}", off.stderr);
