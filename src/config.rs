@@ -16,6 +16,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// Replaces [`DEFAULT_CMDLINE`] when given.
     pub cmdline: Option<String>,
+    /// Added to the end of the command line (the default or `cmdline`).
+    pub cmdline_append: Option<String>,
     pub mem_mib: u64,
     pub cpus: u8,
     /// Ask the host to back guest memory with transparent huge pages.
@@ -29,7 +31,8 @@ pub struct VmConfig {
     pub seccomp: bool,
 }
 
-/// One `--disk PATH[,ro][,id=STR]`.
+/// One `--disk PATH[,ro][,id=STR]`. A comma inside the path or the ID is
+/// written twice (`a,,b.img` is `a,b.img`), as QEMU's option syntax has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
@@ -42,7 +45,7 @@ impl std::str::FromStr for DiskConfig {
     type Err = ConfigError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let mut parts = spec.split(',');
+        let mut parts = split_options(spec).into_iter();
         let path = parts
             .next()
             .filter(|p| !p.is_empty())
@@ -56,11 +59,28 @@ impl std::str::FromStr for DiskConfig {
             match option.split_once('=') {
                 None if option == "ro" => disk.read_only = true,
                 Some(("id", id)) if !id.is_empty() => disk.id = Some(id.to_string()),
-                _ => return Err(ConfigError::DiskOption(option.to_string())),
+                _ => return Err(ConfigError::DiskOption(option)),
             }
         }
         Ok(disk)
     }
+}
+
+/// Splits `spec` at single commas; a doubled comma stands for one comma.
+fn split_options(spec: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                parts.last_mut().expect("never empty").push(',');
+            }
+            ',' => parts.push(String::new()),
+            c => parts.last_mut().expect("never empty").push(c),
+        }
+    }
+    parts
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -68,10 +88,12 @@ pub enum ConfigError {
     #[error("--cpus must be at least 1")]
     NoCpus,
     #[error("--cpus {wanted} is more than this host's KVM allows ({max})")]
-    TooManyCpus { wanted: u8, max: usize },
-    #[error("--disk needs a path: --disk PATH[,ro][,id=STR]")]
+    TooManyCpusForKvm { wanted: u8, max: usize },
+    #[error("--cpus {wanted} is more than rvmm's firmware tables can describe ({max})")]
+    TooManyCpusForTables { wanted: u8, max: usize },
+    #[error("--disk needs a path: --disk PATH[,ro][,id=STR] (write a comma in PATH as ,,)")]
     DiskWithoutPath,
-    #[error("--disk option '{0}' is not known; use --disk PATH[,ro][,id=STR]")]
+    #[error("--disk option '{0}' is not known; use --disk PATH[,ro][,id=STR] (write a comma in PATH as ,,)")]
     DiskOption(String),
     #[error("{given} disks given; rvmm supports at most {max}")]
     TooManyDisks { given: usize, max: usize },
@@ -84,6 +106,7 @@ impl VmConfig {
             kernel: kernel.into(),
             initrd: None,
             cmdline: None,
+            cmdline_append: None,
             mem_mib: DEFAULT_MEM_MIB,
             cpus: DEFAULT_CPUS,
             hugepages: false,
@@ -93,18 +116,29 @@ impl VmConfig {
         }
     }
 
-    /// The command line before rvmm adds its own arguments.
-    pub fn base_cmdline(&self) -> &str {
-        self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
+    /// The command line before rvmm adds its own arguments: `cmdline` or
+    /// the default, then `cmdline_append`.
+    pub fn base_cmdline(&self) -> String {
+        let base = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        match self.cmdline_append.as_deref().map(str::trim) {
+            Some(extra) if !extra.is_empty() => format!("{base} {extra}"),
+            _ => base.to_string(),
+        }
     }
 
-    /// Checks the vCPU count against the host's limit.
-    pub fn check_cpus(&self, max_vcpus: usize) -> Result<(), ConfigError> {
-        match self.cpus {
+    /// Checks the vCPU count against the host KVM's limit and the most the
+    /// firmware tables (MP table, MADT) can list.
+    pub fn check_cpus(&self, kvm_max: usize, tables_max: usize) -> Result<(), ConfigError> {
+        let wanted = self.cpus;
+        match usize::from(wanted) {
             0 => Err(ConfigError::NoCpus),
-            n if usize::from(n) > max_vcpus => Err(ConfigError::TooManyCpus {
-                wanted: n,
-                max: max_vcpus,
+            n if n > kvm_max => Err(ConfigError::TooManyCpusForKvm {
+                wanted,
+                max: kvm_max,
+            }),
+            n if n > tables_max => Err(ConfigError::TooManyCpusForTables {
+                wanted,
+                max: tables_max,
             }),
             _ => Ok(()),
         }
@@ -160,6 +194,28 @@ mod tests {
             "a,id=".parse::<DiskConfig>(),
             Err(ConfigError::DiskOption("id=".into()))
         );
+        // Doubled commas belong to the path or ID.
+        let d: DiskConfig = "disks/a,,b.img,,,ro,id=x,,y".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "disks/a,b.img,".into(),
+                read_only: true,
+                id: Some("x,y".into())
+            }
+        );
+    }
+
+    #[test]
+    fn cmdline_append_goes_after_the_default_or_the_given_line() {
+        let mut c = VmConfig::new("k");
+        c.cmdline_append = Some("root=/dev/vda rw".into());
+        assert_eq!(
+            c.base_cmdline(),
+            format!("{DEFAULT_CMDLINE} root=/dev/vda rw")
+        );
+        c.cmdline = Some("console=ttyS0".into());
+        assert_eq!(c.base_cmdline(), "console=ttyS0 root=/dev/vda rw");
     }
 
     #[test]
@@ -168,15 +224,19 @@ mod tests {
             cpus: 0,
             ..VmConfig::new("k")
         };
-        assert_eq!(c.check_cpus(8), Err(ConfigError::NoCpus));
+        assert_eq!(c.check_cpus(8, 254), Err(ConfigError::NoCpus));
         let c = VmConfig {
             cpus: 9,
             ..VmConfig::new("k")
         };
         assert_eq!(
-            c.check_cpus(8),
-            Err(ConfigError::TooManyCpus { wanted: 9, max: 8 })
+            c.check_cpus(8, 254),
+            Err(ConfigError::TooManyCpusForKvm { wanted: 9, max: 8 })
         );
-        assert!(VmConfig::new("k").check_cpus(1).is_ok());
+        assert_eq!(
+            c.check_cpus(1024, 4),
+            Err(ConfigError::TooManyCpusForTables { wanted: 9, max: 4 })
+        );
+        assert!(VmConfig::new("k").check_cpus(1, 1).is_ok());
     }
 }

@@ -29,6 +29,11 @@ struct Cli {
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
 
+    /// Arguments to add at the end of the kernel command line (the default
+    /// or --cmdline), e.g. "root=/dev/vda rw".
+    #[arg(long, value_name = "STR")]
+    cmdline_append: Option<String>,
+
     /// Guest memory in MiB (at least 16).
     #[arg(long, value_name = "MiB", default_value_t = rvmm::config::DEFAULT_MEM_MIB)]
     mem: u64,
@@ -46,6 +51,7 @@ struct Cli {
     /// more; the guest sees them in order as /dev/vda, /dev/vdb, ... `ro`
     /// opens it read-only; `id` sets the ID the guest reads (20 bytes at
     /// most). A disk is locked while in use: another rvmm cannot write it.
+    /// Write a comma inside PATH or STR as two commas.
     #[arg(long = "disk", value_name = "PATH[,ro][,id=STR]")]
     disks: Vec<String>,
 
@@ -96,6 +102,7 @@ fn main() -> ExitCode {
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,
+        cmdline_append: cli.cmdline_append,
         mem_mib: cli.mem,
         cpus: cli.cpus,
         hugepages: cli.hugepages,

@@ -163,10 +163,10 @@ fn load_guest(
         .transpose()?;
 
     let base = config.base_cmdline();
-    let quirks = host::quirk_flags(host::is_pvm_host(), base);
+    let quirks = host::quirk_flags(host::is_pvm_host(), &base);
     let extra: Vec<String> = quirks.iter().chain(device_args).cloned().collect();
     let cmdline =
-        cmdline::build_cmdline(base, &extra, kernel.cmdline_max).map_err(BootError::from)?;
+        cmdline::build_cmdline(&base, &extra, kernel.cmdline_max).map_err(BootError::from)?;
     if !quirks.is_empty() {
         log::warn!(
             "host KVM is PVM-backed (kvm_pvm): adding '{}' to the kernel command line so Linux gets as far as this host allows; guest kernel code is emulated here, so Linux takes minutes and may print nothing until its serial driver loads (add earlyprintk=serial to --cmdline to see it sooner)",
@@ -318,7 +318,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
 
     let kvm = hypervisor::open_kvm()?;
-    config.check_cpus(kvm.get_max_vcpus().min(usize::from(mptable::MAX_CPUS)))?;
+    config.check_cpus(kvm.get_max_vcpus(), usize::from(mptable::MAX_CPUS))?;
     if config.cpus > 1 && host::is_pvm_host() {
         log::warn!("--cpus {}: secondary vCPUs cannot start on a PVM-backed host; Linux will list them but stop bringing them up", config.cpus);
     }

@@ -196,6 +196,15 @@ fn memory_beyond_what_kvm_or_mmap_accept() {
 }
 
 #[test]
+fn more_cpus_than_the_firmware_tables_hold() {
+    require_kvm();
+    assert_refused(
+        &["--kernel", &hello(), "--cpus", "255"],
+        &["--cpus 255 is more than rvmm's firmware tables can describe (254)"],
+    );
+}
+
+#[test]
 fn zero_cpus() {
     require_kvm();
     assert_refused(

@@ -236,6 +236,29 @@ fn a_disk_in_use_by_another_vm_is_refused() {
 }
 
 #[test]
+fn a_disk_path_with_a_comma_is_written_with_two() {
+    require_kvm();
+    let kernel = guest("blk", Entry::Linux64);
+    let disk = scratch("comma,in,name.img");
+    let bytes = pseudo_random_bytes(MIB, 8);
+    std::fs::write(&disk, &bytes).unwrap();
+    let spec = format!("{},ro", disk.to_str().unwrap().replace(',', ",,"));
+    let run = rvmm(
+        &["--kernel", kernel.to_str().unwrap(), "--disk", &spec],
+        LIMIT,
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let read = line(&run.stdout, "blk vda: read status");
+    assert_eq!(
+        read,
+        format!(
+            "blk vda: read status 0x0000000000000000 fnv1a {}",
+            hex(fnv1a64_words(&bytes))
+        )
+    );
+}
+
+#[test]
 fn a_guest_flooding_its_disk_cannot_delay_a_stop() {
     require_kvm();
     let kernel = guest("flood", Entry::Linux64);

@@ -212,6 +212,25 @@ fn long_mode_guest_sees_memory_cmdline_and_initrd() {
     check_inspection(Entry::Linux64, 128, 100_000);
 }
 
+#[test]
+fn cmdline_append_goes_after_the_default_line() {
+    require_kvm();
+    let kernel = guest("inspect", Entry::Pvh);
+    let run = rvmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline-append",
+            "root=/dev/vda rw",
+        ],
+        LIMIT,
+    );
+    assert_clean_exit(&run, "--cmdline-append");
+    let seen = parse_inspection(&run.stdout);
+    let expected = format!("{} root=/dev/vda rw", rvmm::config::DEFAULT_CMDLINE);
+    assert_eq!(seen.cmdline, expected_cmdline(&expected, &run.stderr));
+}
+
 /// rvmm does not parse an initrd: one cut short, or of any odd size, is
 /// handed over byte for byte (the guest kernel judges its contents).
 #[test]
