@@ -477,8 +477,9 @@ fn user_space_vmlinux_with_its_root_on_a_disk_reaches_the_shell() {
                 path(&kernel),
                 "--mem",
                 "256",
-                "--cmdline",
-                "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw",
+                // As the README shows it: the default line plus the root.
+                "--cmdline-append",
+                "root=/dev/vda rw",
                 "--disk",
                 path(&rootfs),
             ];
