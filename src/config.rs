@@ -153,7 +153,11 @@ mod tests {
     fn defaults() {
         let c = VmConfig::new("k");
         assert_eq!((c.mem_mib, c.cpus), (512, 1));
-        assert_eq!(c.base_cmdline(), DEFAULT_CMDLINE);
+        // The default the README documents.
+        assert_eq!(
+            c.base_cmdline(),
+            "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd"
+        );
         let c = VmConfig {
             cmdline: Some("quiet".into()),
             ..c
@@ -212,7 +216,7 @@ mod tests {
         c.cmdline_append = Some("root=/dev/vda rw".into());
         assert_eq!(
             c.base_cmdline(),
-            format!("{DEFAULT_CMDLINE} root=/dev/vda rw")
+            "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd root=/dev/vda rw"
         );
         c.cmdline = Some("console=ttyS0".into());
         assert_eq!(c.base_cmdline(), "console=ttyS0 root=/dev/vda rw");

@@ -76,46 +76,92 @@ fn no_seccomp_turns_the_filters_off_with_a_warning() {
     assert!(vm.stderr().contains("--no-seccomp"), "{}", vm.stderr());
 }
 
-/// Run in a child process (see below): install a filter, then make a call
-/// that no rvmm thread may make.
-fn forbidden_call_in_child(kind: rvmm::seccomp::ThreadKind) -> ! {
+/// The system call a child process makes after installing a filter.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    /// socket(2): no rvmm thread may open anything.
+    Socket,
+    /// pwrite64(2) to /dev/null: disk I/O, the event loop's alone.
+    Pwrite,
+    /// ioctl(TCGETS) on stdin: terminal settings, the event loop's alone.
+    TerminalIoctl,
+}
+
+/// Runs in a child process (see below): installs the filter for `kind`,
+/// makes `call`, and exits 0 if it was allowed.
+fn call_in_child(kind: rvmm::seccomp::ThreadKind, call: Call) -> ! {
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
     rvmm::seccomp::apply(kind).expect("filter installs");
-    // SAFETY: socket(2) with constant arguments; the filter should kill us first.
-    unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+    // SAFETY: each call gets valid arguments (a live descriptor, a local
+    // buffer); the filter decides whether it runs.
+    unsafe {
+        match call {
+            Call::Socket => drop(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0)),
+            Call::Pwrite => drop(libc::pwrite(fd, b"x".as_ptr().cast(), 1, 0)),
+            Call::TerminalIoctl => {
+                let mut t: libc::termios = std::mem::zeroed();
+                libc::ioctl(0, libc::TCGETS, &mut t);
+            }
+        }
+    }
     std::process::exit(0);
 }
 
-fn assert_killed_by_sigsys(test: &str, kind: &str) {
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("RVMM_SECCOMP_CHILD", kind)
+/// Runs this test binary again as a child that makes `call` under `kind`'s
+/// filter, and returns how the child ended.
+fn child_status(kind: rvmm::seccomp::ThreadKind, call: Call) -> std::process::ExitStatus {
+    let key = format!("{kind:?}/{call:?}");
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "each_thread_kind_is_killed_for_what_it_may_not_do",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RVMM_SECCOMP_CHILD", &key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .status()
-        .unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGSYS),
-        "{kind} filter: expected death by SIGSYS, got {status:?}"
-    );
+        .unwrap()
 }
 
 #[test]
-fn a_forbidden_call_from_the_vmm_thread_kills_the_process() {
-    if std::env::var("RVMM_SECCOMP_CHILD").as_deref() == Ok("vmm") {
-        forbidden_call_in_child(rvmm::seccomp::ThreadKind::Vmm);
+fn each_thread_kind_is_killed_for_what_it_may_not_do() {
+    use rvmm::seccomp::ThreadKind::{ConsoleOutput, Vcpu, Vmm};
+    let cases = [
+        (Vmm, Call::Socket, false),
+        (Vmm, Call::Pwrite, true),
+        (Vcpu, Call::Pwrite, false),
+        (Vcpu, Call::TerminalIoctl, false),
+        (ConsoleOutput, Call::TerminalIoctl, false),
+        (ConsoleOutput, Call::Pwrite, false),
+    ];
+    if let Ok(key) = std::env::var("RVMM_SECCOMP_CHILD") {
+        // This is the child: make the one call it was started for.
+        let (kind, call, _) = cases
+            .into_iter()
+            .find(|(kind, call, _)| format!("{kind:?}/{call:?}") == key)
+            .expect("a known case");
+        call_in_child(kind, call);
     }
-    assert_killed_by_sigsys(
-        "a_forbidden_call_from_the_vmm_thread_kills_the_process",
-        "vmm",
-    );
-}
-
-#[test]
-fn a_forbidden_call_from_a_vcpu_thread_kills_the_process() {
-    if std::env::var("RVMM_SECCOMP_CHILD").as_deref() == Ok("vcpu") {
-        forbidden_call_in_child(rvmm::seccomp::ThreadKind::Vcpu);
+    for (kind, call, allowed) in cases {
+        let status = child_status(kind, call);
+        if allowed {
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "{kind:?} must allow {call:?}: {status:?}"
+            );
+        } else {
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGSYS),
+                "{kind:?} must kill the process on {call:?}: {status:?}"
+            );
+        }
     }
-    assert_killed_by_sigsys(
-        "a_forbidden_call_from_a_vcpu_thread_kills_the_process",
-        "vcpu",
-    );
 }
