@@ -314,7 +314,10 @@ fn every_kernel_in_the_fuzz_corpus_boots_or_is_refused() {
         seen.push(name);
     }
     for name in must_boot.iter().chain(&must_be_refused) {
-        assert!(seen.iter().any(|s| s == name), "{name} is missing from {corpus:?}");
+        assert!(
+            seen.iter().any(|s| s == name),
+            "{name} is missing from {corpus:?}"
+        );
     }
 }
 
