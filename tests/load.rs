@@ -1,16 +1,18 @@
 //! Load: many VMs at once, each with its own disk, in several rounds. Every
 //! guest must read exactly its own disk and write only its own pattern, and
-//! nothing may be left behind: no rvmm process, no descriptor in this one.
-//! (Alone in its test binary so the descriptor count is this test's own.)
+//! rvmm must leave nothing behind: no rvmm process, no lock on a disk, no
+//! file beside the disks; and while they run, no rvmm has more threads than
+//! its vCPU, event loop and console output need.
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::{
     blk_write_pattern, fnv1a64_words, guest, pseudo_random_bytes, require_kvm, run_command,
-    rvmm_binary, scratch, Entry,
+    rvmm_binary, scratch, thread_modes, Entry,
 };
 
 const VMS: usize = 200;
@@ -19,48 +21,50 @@ const DISK_BYTES: usize = 64 << 10;
 /// Two hundred guests share two host CPUs, and on PVM hosts their code is
 /// emulated: a generous limit, so only a hang fails.
 const LIMIT: Duration = Duration::from_secs(900);
+/// One vCPU thread, the event loop (main) and the console output thread.
+const RVMM_THREADS: usize = 3;
 
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// This process's thread count once helper threads have had a moment to end.
-fn settled_threads(expected: usize) -> usize {
-    let count = || std::fs::read_dir("/proc/self/task").unwrap().count();
-    for _ in 0..50 {
-        if count() <= expected {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    count()
-}
-
-/// rvmm processes whose parent is this test.
-fn rvmm_children() -> Vec<u32> {
-    let me = std::process::id().to_string();
+/// The rvmm processes whose arguments name a file in `dir` (this test's
+/// own scratch directory), with their threads' names.
+fn rvmm_processes_using(dir: &Path) -> Vec<(u32, Vec<String>)> {
+    let marker = dir.to_str().unwrap();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // pid (comm) state ppid ...
-            let after_comm = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
-            stat.contains("(rvmm)") && after_comm.split(' ').nth(1) == Some(me.as_str())
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(marker)
+        })
+        .map(|pid| {
+            (
+                pid,
+                thread_modes(pid)
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect(),
+            )
         })
         .collect()
+}
+
+/// Takes and drops an exclusive lock on `path`: fails while an rvmm holds it.
+fn lock_is_free(path: &Path) -> bool {
+    let file = std::fs::File::open(path).unwrap();
+    file.try_lock().is_ok()
 }
 
 #[test]
 fn two_hundred_vms_with_their_own_disks_three_rounds() {
     require_kvm();
     let kernel = guest("blk", Entry::Linux64);
-    let descriptors_before = open_descriptors();
-    let threads_before = settled_threads(0);
+    let dir = scratch("load").with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut most_threads = Vec::new();
+    let mut sampled = 0;
     for round in 0..ROUNDS {
-        let disks: Vec<(std::path::PathBuf, Vec<u8>)> = (0..VMS)
+        let disks: Vec<(PathBuf, Vec<u8>)> = (0..VMS)
             .map(|vm| {
-                let path = scratch(&format!("load-{round}-{vm}.img"));
+                let path = dir.join(format!("load-{round}-{vm}.img"));
                 let bytes = pseudo_random_bytes(DISK_BYTES, (round * VMS + vm) as u64 + 100);
                 std::fs::write(&path, &bytes).unwrap();
                 (path, bytes)
@@ -84,6 +88,16 @@ fn two_hundred_vms_with_their_own_disks_three_rounds() {
                 std::thread::spawn(move || run_command(command, LIMIT))
             })
             .collect();
+        // While they run: no rvmm grows threads it should not have.
+        while runs.iter().any(|r| !r.is_finished()) {
+            for (_, threads) in rvmm_processes_using(&dir) {
+                if threads.len() > most_threads.len() {
+                    most_threads = threads;
+                }
+                sampled += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for (vm, run) in runs.into_iter().enumerate() {
             let run = run.join().unwrap();
             let (path, bytes) = &disks[vm];
@@ -116,22 +130,41 @@ fn two_hundred_vms_with_their_own_disks_three_rounds() {
                 std::fs::read(path).unwrap() == expected,
                 "round {round}: disk {vm} holds something other than its own data and its own VM's write"
             );
-            std::fs::remove_file(path).unwrap();
+            assert!(
+                lock_is_free(path),
+                "round {round}: disk {vm} is still locked after its rvmm exited"
+            );
         }
         assert_eq!(
-            rvmm_children(),
-            Vec::<u32>::new(),
+            rvmm_processes_using(&dir),
+            Vec::new(),
             "round {round}: rvmm processes left behind"
         );
+        // rvmm made no file of its own beside the disks (locks, sockets, temporaries).
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut made: Vec<String> = disks
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        made.sort();
+        assert_eq!(left, made, "round {round}: files beside the disks");
+        for (path, _) in &disks {
+            std::fs::remove_file(path).unwrap();
+        }
     }
-    assert_eq!(
-        open_descriptors(),
-        descriptors_before,
-        "file descriptors leaked in the test process"
+    assert!(
+        sampled > 0,
+        "no running rvmm was ever seen: the thread check saw nothing"
     );
-    assert_eq!(
-        settled_threads(threads_before),
-        threads_before,
-        "threads left behind in the test process"
+    assert!(
+        most_threads.len() <= RVMM_THREADS,
+        "an rvmm with one vCPU had these threads: {most_threads:?}"
+    );
+    eprintln!(
+        "{sampled} samples of running rvmm processes, at most these threads: {most_threads:?}"
     );
 }

@@ -6,35 +6,9 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use common::{guest, require_kvm, Console, Entry};
+use common::{guest, require_kvm, thread_modes, Console, Entry};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// (thread name, Seccomp: mode) of every thread of `pid` that rvmm created.
-/// KVM adds a kernel worker (kvm-nx-lpage-recovery) to the process; it is
-/// the host kernel's, not rvmm's code, and is left out.
-fn thread_modes(pid: u32) -> Vec<(String, String)> {
-    let mut modes = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let path = task.unwrap().path();
-        let name = std::fs::read_to_string(path.join("comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if name.starts_with("kvm-") {
-            continue;
-        }
-        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-        let mode = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp:"))
-            .map(|m| m.trim().to_string())
-            .unwrap_or_default();
-        modes.push((name, mode));
-    }
-    modes.sort();
-    modes
-}
 
 fn running_echo(extra: &[&str], name: &str) -> Console {
     require_kvm();

@@ -435,6 +435,37 @@ pub fn guest_images_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images/out"))
 }
 
+/// (thread name, Seccomp: mode) of every thread of `pid` that rvmm created.
+/// KVM adds a kernel worker (kvm-nx-lpage-recovery) to the process; it is
+/// the host kernel's, not rvmm's code, and is left out.
+pub fn thread_modes(pid: u32) -> Vec<(String, String)> {
+    let mut modes = Vec::new();
+    // A process that has just exited has no threads left to list.
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return modes;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        // A thread that is exiting can no longer be read: it is gone.
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        let name = name.trim().to_string();
+        if name.starts_with("kvm-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(|m| m.trim().to_string())
+            .unwrap_or_default();
+        modes.push((name, mode));
+    }
+    modes.sort();
+    modes
+}
+
 /// The value of a `Field:   123 kB` line in a /proc file, in KiB.
 pub fn proc_kib(path: &str, field: &str) -> Option<u64> {
     std::fs::read_to_string(path)

@@ -121,13 +121,14 @@ impl Block {
                 mode,
                 source,
             })?;
-        let lock = if read_only {
-            libc::LOCK_SH
+        // flock(2) underneath: shared for readers, exclusive for a writer,
+        // released when the file is closed.
+        let locked = if read_only {
+            file.try_lock_shared()
         } else {
-            libc::LOCK_EX
+            file.try_lock()
         };
-        // SAFETY: flock on a descriptor this function owns; no memory involved.
-        if unsafe { libc::flock(file.as_raw_fd(), lock | libc::LOCK_NB) } != 0 {
+        if locked.is_err() {
             return Err(BlockError::Locked(path.into()));
         }
         // Works for image files and block devices alike (their st_size is 0).
