@@ -15,6 +15,7 @@ pub mod memory;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
+pub mod vm;
 pub mod vmm;
 pub mod x86;
 

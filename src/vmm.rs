@@ -24,6 +24,7 @@ use crate::disks::{self, DiskError};
 use crate::host;
 use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::vm::{Vm, VmError};
 use crate::seccomp;
 use crate::signals::{self, StopSignals};
 use crate::vcpu::{self, StartGate, StopReason, Vcpu, VcpuHandle, VmStop};
@@ -39,6 +40,8 @@ pub enum VmmError {
     Kvm(#[from] KvmError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error(transparent)]
@@ -322,25 +325,19 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     if config.cpus > 1 && host::is_pvm_host() {
         log::warn!("--cpus {}: secondary vCPUs cannot start on a PVM-backed host; Linux will list them but stop bringing them up", config.cpus);
     }
-    let vm = hypervisor::create_vm(&kvm)?;
-    phase("VM created");
-
-    let mem = memory::create_guest_memory(mem_bytes)?;
-    if config.hugepages {
-        memory::advise_huge_pages(&mem);
-    }
-    memory::register_guest_memory(&vm, &mem)?;
+    let built = Vm::create(&kvm, mem_bytes, config.hugepages, || phase("VM created"))?;
+    let (vm, mem) = (built.fd(), built.memory());
     phase("memory mapped");
 
     let disk_args: Vec<String> = (0..config.disks.len()).map(disks::cmdline_arg).collect();
-    let kernel = load_guest(config, &mem, mem_bytes, &disk_args)?;
-    mptable::write_mptable(&mem, config.cpus)?;
-    acpi::write_acpi_tables(&mem, config.cpus, &acpi_devices(config.disks.len()))?;
+    let kernel = load_guest(config, mem, mem_bytes, &disk_args)?;
+    mptable::write_mptable(mem, config.cpus)?;
+    acpi::write_acpi_tables(mem, config.cpus, &acpi_devices(config.disks.len()))?;
     phase("kernel loaded");
 
     let (output, console_writer) =
         console_output::start(Box::new(std::io::stdout()), config.seccomp)?;
-    let devices = create_legacy_devices(&vm, output)?;
+    let devices = create_legacy_devices(vm, output)?;
     let io_bus = Arc::new(devices.io_bus);
     let mut mmio_bus = Bus::new();
     let first_run = Arc::new(OnceLock::new());
@@ -348,9 +345,9 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         let timer = Arc::new(Mutex::new(boot_timer(&first_run)));
         mmio_bus.insert(timer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN)?;
     }
-    let attached_disks = disks::attach_disks(&vm, &mem, &mut mmio_bus, blocks)?;
+    let attached_disks = disks::attach_disks(vm, mem, &mut mmio_bus, blocks)?;
     let mmio_bus = Arc::new(mmio_bus);
-    let vcpus = create_vcpus(&kvm, &vm, config, kernel.entry, io_bus, mmio_bus)?;
+    let vcpus = create_vcpus(&kvm, vm, config, kernel.entry, io_bus, mmio_bus)?;
 
     let stop = Arc::new(VmStop::new().map_err(setup("create an eventfd"))?);
     let signals = StopSignals::install().map_err(setup("install signal handlers"))?;

@@ -1,0 +1,52 @@
+//! The built VM: KVM's VM object and the guest memory registered with it,
+//! owned together. KVM holds the memory's host addresses in its memory
+//! slots, so the mapping must outlive the VM file descriptor; fields drop in
+//! the order they are declared, so `fd` closes before `memory` is unmapped,
+//! by construction rather than by the order of locals in a function.
+
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::hypervisor::{self, KvmError};
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+}
+
+pub struct Vm {
+    /// Declared first: dropped (closed) before `memory`.
+    fd: VmFd,
+    memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Creates the VM and `mem_bytes` of guest memory, registered with it.
+    /// `on_created` runs between the two (to time the phases).
+    pub fn create(
+        kvm: &Kvm,
+        mem_bytes: u64,
+        hugepages: bool,
+        on_created: impl FnOnce(),
+    ) -> Result<Vm, VmError> {
+        let fd = hypervisor::create_vm(kvm)?;
+        on_created();
+        let memory = memory::create_guest_memory(mem_bytes)?;
+        if hugepages {
+            memory::advise_huge_pages(&memory);
+        }
+        memory::register_guest_memory(&fd, &memory)?;
+        Ok(Vm { fd, memory })
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+}
