@@ -2,6 +2,7 @@
 //! feeding stdin to the guest's UART as fast as the guest takes it.
 
 use std::collections::VecDeque;
+use std::io::IsTerminal;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -12,13 +13,20 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::vcpu::{StopReason, VmStop};
 
-/// The terminal settings rvmm found, so every exit path can put them back.
-static SAVED_TERMIOS: OnceLock<libc::termios> = OnceLock::new();
+/// The terminal settings rvmm found, and the thread that found them (the
+/// VMM thread, whose seccomp filter allows terminal ioctls), so every exit
+/// path can put them back.
+static SAVED_TERMIOS: OnceLock<(libc::termios, std::thread::ThreadId)> = OnceLock::new();
 
-/// Puts the terminal back as rvmm found it. Safe to call more than once and
-/// from a panic hook.
+/// Puts the terminal back as rvmm found it, when called on the thread that
+/// may (other threads' filters forbid the ioctl: a vCPU thread's panic
+/// must not end in SIGSYS; the VMM thread restores the terminal once the
+/// VM has stopped). Safe to call more than once and from a panic hook.
 pub fn restore_terminal() {
-    if let Some(saved) = SAVED_TERMIOS.get() {
+    if let Some((saved, owner)) = SAVED_TERMIOS.get() {
+        if std::thread::current().id() != *owner {
+            return;
+        }
         // SAFETY: `saved` is a termios that tcgetattr filled in for fd 0.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
     }
@@ -32,8 +40,7 @@ pub struct RawTerminal {
 impl RawTerminal {
     /// Switches stdin to raw mode if it is a terminal; does nothing otherwise.
     pub fn enter() -> Self {
-        // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+        if !std::io::stdin().is_terminal() {
             return Self { active: false };
         }
         // SAFETY: termios is plain data; tcgetattr fills it in or fails.
@@ -42,7 +49,7 @@ impl RawTerminal {
         if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut termios) } != 0 {
             return Self { active: false };
         }
-        let _ = SAVED_TERMIOS.set(termios);
+        let _ = SAVED_TERMIOS.set((termios, std::thread::current().id()));
         let previous_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             restore_terminal();
@@ -135,7 +142,7 @@ impl ConsoleInput {
 
     /// Moves pending input into the UART FIFO.
     fn flush_to_guest(&mut self) {
-        let mut serial = rvmm_devices::bus::lock(&self.serial);
+        let mut serial = crate::sync::lock(&self.serial);
         while !self.pending.is_empty() {
             let (front, _) = self.pending.as_slices();
             let taken = serial.queue_input(front);

@@ -48,8 +48,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Pending> {
-        // The writer never panics while holding the lock; keep going if it did.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.pending)
     }
 }
 

@@ -29,11 +29,17 @@ const QUEUE_NOTIFY: u64 = 0x50;
 pub enum DiskError {
     #[error(transparent)]
     Open(#[from] BlockError),
-    #[error("could not set up disk {index}: {what}: {reason}")]
+    #[error("could not set up disk {index}: {what}: {source}")]
     Setup {
         index: usize,
         what: &'static str,
-        reason: String,
+        source: std::io::Error,
+    },
+    #[error("could not set up disk {index}: KVM could not {what}: {source}")]
+    Kvm {
+        index: usize,
+        what: &'static str,
+        source: kvm_ioctls::Error,
     },
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
@@ -108,19 +114,26 @@ pub fn attach_disks(
     let mut attached = Vec::with_capacity(blocks.len());
     for (index, block) in blocks.into_iter().enumerate() {
         let setup = |what| {
-            move |e: &dyn std::fmt::Display| DiskError::Setup {
+            move |source| DiskError::Setup {
                 index,
                 what,
-                reason: e.to_string(),
+                source,
+            }
+        };
+        let kvm = |what| {
+            move |source| DiskError::Kvm {
+                index,
+                what,
+                source,
             }
         };
         let (base, irq) = placement(index);
-        let irq_evt = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| setup("create its interrupt eventfd")(&e))?;
+        let irq_evt =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(setup("create its interrupt eventfd"))?;
         vm.register_irqfd(&irq_evt, irq)
-            .map_err(|e| setup("route its interrupt")(&e))?;
+            .map_err(kvm("route its interrupt"))?;
         let transport = MmioTransport::new(Box::new(block), mem.clone(), irq_evt)
-            .map_err(|e| setup("create its queue eventfds")(&e))?;
+            .map_err(setup("create its queue eventfds"))?;
         let mut queue_evts = Vec::new();
         for (queue, evt) in transport.queue_evts().iter().enumerate() {
             vm.register_ioevent(
@@ -128,8 +141,8 @@ pub fn attach_disks(
                 &IoEventAddress::Mmio(base + QUEUE_NOTIFY),
                 queue as u32,
             )
-            .map_err(|e| setup("register its queue notification")(&e))?;
-            queue_evts.push(evt.try_clone().map_err(|e| setup("clone an eventfd")(&e))?);
+            .map_err(kvm("register its queue notification"))?;
+            queue_evts.push(evt.try_clone().map_err(setup("clone an eventfd"))?);
         }
         let transport = Arc::new(Mutex::new(transport));
         mmio_bus.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
@@ -155,7 +168,7 @@ impl MutEventSubscriber for AttachedDisk {
         if let Some(evt) = self.queue_evts.get(queue) {
             debug_assert_eq!(evt.as_raw_fd(), events.fd());
             let _ = evt.read();
-            let more = rvmm_devices::bus::lock(&self.transport).process_queue(queue);
+            let more = crate::sync::lock(&self.transport).process_queue(queue);
             if more {
                 // Out of budget with requests waiting: come back after the
                 // other events (a stop signal among them) have had their turn.

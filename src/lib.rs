@@ -14,6 +14,7 @@ pub mod layout;
 pub mod memory;
 pub mod seccomp;
 pub mod signals;
+pub mod sync;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;

@@ -3,7 +3,10 @@
 //! else kills the whole process (SIGSYS). The lists are what those threads
 //! call once the VM is built: files and KVM objects are all open by then.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Once;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -123,10 +126,38 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string()))
 }
 
+thread_local! {
+    /// Whether this thread runs under a filter (const: plain TLS).
+    static FILTERED: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Installs the filter for `kind` on the calling thread, for good.
 pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
     let program = filter(kind)?;
-    seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind, e.to_string()))
+    install_panic_hook();
+    seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind, e.to_string()))?;
+    FILTERED.with(|f| f.set(true));
+    Ok(())
+}
+
+/// On a filtered thread, a panic is reported with its message and place
+/// only: the standard hook's backtrace (with RUST_BACKTRACE set) opens files,
+/// which no filter allows, and would turn the panic into a SIGSYS instead
+/// of the orderly stop that follows it (`vcpu::stop_on_panic`).
+fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if FILTERED.with(Cell::get) {
+                let thread = std::thread::current();
+                let name = thread.name().unwrap_or("rvmm");
+                let _ = writeln!(std::io::stderr(), "thread '{name}' {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 // What each filter lets through and what it kills is checked on real

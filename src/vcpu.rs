@@ -1,7 +1,13 @@
 //! vCPU threads: the KVM_RUN loop, the handling of each exit, and stopping a
 //! running vCPU from another thread.
+//!
+//! A vCPU is stopped as Firecracker does it: another thread only sends the
+//! kick signal; the handler, running on the vCPU's own thread, sets that
+//! vCPU's `immediate_exit`, so no thread writes into another's `kvm_run`.
 
+use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -19,8 +25,56 @@ pub enum StopReason {
     Shutdown,
     /// The host asked rvmm to stop (SIGINT, SIGTERM).
     Signal(i32),
-    /// A vCPU could not go on.
-    Error(String),
+    /// rvmm could not go on.
+    Error(StopError),
+}
+
+/// Why rvmm could not go on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StopError {
+    #[error("vCPU {vcpu} stopped: {cause}{}", guest_rip(*.rip))]
+    Vcpu {
+        vcpu: u8,
+        cause: VcpuError,
+        /// Where the guest was, when its registers could be read.
+        rip: Option<u64>,
+    },
+    #[error("could not start the thread of vCPU {vcpu}: {reason}")]
+    VcpuThread { vcpu: u8, reason: String },
+    #[error("could not sandbox the VMM thread: {0}")]
+    Sandbox(String),
+    #[error("the event loop failed: {0}")]
+    EventLoop(String),
+    #[error("the event loop panicked (a bug in rvmm): {0}")]
+    EventLoopPanicked(String),
+}
+
+fn guest_rip(rip: Option<u64>) -> String {
+    rip.map(|r| format!(" at guest RIP {r:#x}"))
+        .unwrap_or_default()
+}
+
+/// Why one vCPU could not go on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VcpuError {
+    #[error("the guest reported a crash")]
+    GuestCrashed,
+    #[error("unknown KVM system event {0}")]
+    UnknownSystemEvent(u32),
+    #[error("KVM could not enter the guest (hardware entry failure reason {0:#x})")]
+    EntryFailed(u64),
+    #[error("unexpected KVM exit {0}")]
+    UnexpectedExit(String),
+    #[error("KVM_RUN failed: {0}")]
+    Run(std::io::ErrorKind, i32),
+    #[error("KVM internal error ({0})")]
+    Internal(&'static str),
+    #[error(
+        "could not install the vCPU seccomp filter: {0}; run with --no-seccomp to debug without it"
+    )]
+    Seccomp(String),
+    #[error("the vCPU thread panicked (a bug in rvmm): {0}")]
+    Panicked(String),
 }
 
 impl StopReason {
@@ -53,7 +107,7 @@ impl VmStop {
 
     /// Records `reason` (unless one is already recorded) and wakes the VMM.
     pub fn request(&self, reason: StopReason) {
-        let mut current = rvmm_devices::bus::lock(&self.reason);
+        let mut current = crate::sync::lock(&self.reason);
         if current.is_none() {
             *current = Some(reason);
         }
@@ -67,7 +121,7 @@ impl VmStop {
     }
 
     pub fn reason(&self) -> Option<StopReason> {
-        rvmm_devices::bus::lock(&self.reason).clone()
+        crate::sync::lock(&self.reason).clone()
     }
 
     pub fn eventfd(&self) -> &EventFd {
@@ -82,11 +136,15 @@ pub enum ExitAction {
     Stop(StopReason),
     /// KVM_EXIT_INTERNAL_ERROR: the details are in the vCPU's kvm_run.
     InternalError,
+    /// This vCPU cannot go on.
+    Fail(VcpuError),
 }
 
-const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
-const KVM_SYSTEM_EVENT_RESET: u32 = 2;
-const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+use kvm_bindings::{
+    KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_SIMUL_EX,
+    KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 
 /// Handles one exit from KVM_RUN. Unknown port and MMIO addresses read as
 /// all-ones and ignore writes: a guest probing for hardware must not stop.
@@ -122,20 +180,14 @@ pub fn handle_exit(exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus) -> ExitActi
             return ExitAction::Stop(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::Shutdown,
                 KVM_SYSTEM_EVENT_RESET => StopReason::Reset,
-                KVM_SYSTEM_EVENT_CRASH => StopReason::Error("the guest reported a crash".into()),
-                other => StopReason::Error(format!("unknown KVM system event {other}")),
+                KVM_SYSTEM_EVENT_CRASH => return ExitAction::Fail(VcpuError::GuestCrashed),
+                other => return ExitAction::Fail(VcpuError::UnknownSystemEvent(other)),
             });
         }
         VcpuExit::Hlt => return ExitAction::Stop(StopReason::Shutdown),
-        VcpuExit::FailEntry(reason, _) => {
-            return ExitAction::Stop(StopReason::Error(format!(
-                "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
-            )));
-        }
+        VcpuExit::FailEntry(reason, _) => return ExitAction::Fail(VcpuError::EntryFailed(reason)),
         VcpuExit::InternalError => return ExitAction::InternalError,
-        other => {
-            return ExitAction::Stop(StopReason::Error(format!("unexpected KVM exit {other:?}")));
-        }
+        other => return ExitAction::Fail(VcpuError::UnexpectedExit(format!("{other:?}"))),
     }
     ExitAction::Continue
 }
@@ -143,10 +195,12 @@ pub fn handle_exit(exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus) -> ExitActi
 /// Names of KVM_INTERNAL_ERROR sub-errors, for messages.
 fn internal_error_name(suberror: u32) -> &'static str {
     match suberror {
-        1 => "emulation failure: the host could not emulate a guest instruction",
-        2 => "simultaneous exception",
-        3 => "delivery event failed",
-        4 => "unexpected exit reason",
+        KVM_INTERNAL_ERROR_EMULATION => {
+            "emulation failure: the host could not emulate a guest instruction"
+        }
+        KVM_INTERNAL_ERROR_SIMUL_EX => "simultaneous exception",
+        KVM_INTERNAL_ERROR_DELIVERY_EV => "delivery event failed",
+        KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected exit reason",
         _ => "unknown sub-error",
     }
 }
@@ -161,12 +215,12 @@ pub struct StartGate {
 
 impl StartGate {
     pub fn open(&self) {
-        *rvmm_devices::bus::lock(&self.open) = true;
+        *crate::sync::lock(&self.open) = true;
         self.opened.notify_all();
     }
 
     fn wait(&self) {
-        let mut open = rvmm_devices::bus::lock(&self.open);
+        let mut open = crate::sync::lock(&self.open);
         while !*open {
             open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
         }
@@ -186,12 +240,53 @@ pub fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-/// Installs the (empty) handler for [`kick_signal`]: its only job is to make
-/// KVM_RUN return EINTR. Called once, before any vCPU thread starts.
+thread_local! {
+    /// The `immediate_exit` byte of the vCPU this thread runs, while it runs
+    /// it. Const-initialized and without a destructor: plain TLS, safe to
+    /// read in a signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick handler, on the kicked vCPU's own thread: KVM_RUN returns EINTR
+/// if it was running, and returns at once if it was about to enter.
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let immediate_exit = IMMEDIATE_EXIT.with(Cell::get);
+    if !immediate_exit.is_null() {
+        // SAFETY: the pointer is this thread's own vCPU's kvm_run byte, set
+        // while the VcpuFd (and so its mapping) is alive and cleared before
+        // the thread lets go of it; a byte store is atomic on x86.
+        unsafe { std::ptr::write_volatile(immediate_exit, 1) };
+    }
+}
+
+/// Installs the handler for [`kick_signal`]. Called once, before any vCPU
+/// thread starts.
 pub fn install_kick_handler() -> std::io::Result<()> {
-    extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
     vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Runs `body`; a panic in it becomes a stop of the VM with `VcpuError::Panicked`
+/// for `vcpu`, instead of a thread that dies and a VM that never stops.
+pub fn stop_on_panic(vcpu: u8, stop: &VmStop, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(body)) {
+        stop.request(StopReason::Error(StopError::Vcpu {
+            vcpu,
+            cause: VcpuError::Panicked(panic_message(panic.as_ref())),
+            rip: None,
+        }));
+    }
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
 }
 
 impl Vcpu {
@@ -213,39 +308,35 @@ impl Vcpu {
                     self.fd.set_kvm_immediate_exit(0);
                     ExitAction::Continue
                 }
-                Err(e) => ExitAction::Stop(StopReason::Error(format!("KVM_RUN failed: {e}"))),
+                Err(e) => {
+                    let io = std::io::Error::from_raw_os_error(e.errno());
+                    ExitAction::Fail(VcpuError::Run(io.kind(), e.errno()))
+                }
             };
             let reason = match action {
                 ExitAction::Continue => continue,
                 ExitAction::Stop(reason) => reason,
+                ExitAction::Fail(cause) => self.error(cause),
                 ExitAction::InternalError => {
                     // SAFETY: the exit was KVM_EXIT_INTERNAL_ERROR, so `internal`
                     // is the member of the exit union that KVM filled in.
                     let suberror =
                         unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                    StopReason::Error(format!(
-                        "KVM internal error ({})",
-                        internal_error_name(suberror)
-                    ))
+                    self.error(VcpuError::Internal(internal_error_name(suberror)))
                 }
             };
-            stop.request(self.describe(reason));
+            stop.request(reason);
             return;
         }
     }
 
-    /// Adds where the guest was to an error, so a person can look it up.
-    fn describe(&mut self, reason: StopReason) -> StopReason {
-        let StopReason::Error(message) = reason else {
-            return reason;
-        };
-        match self.fd.get_regs() {
-            Ok(regs) => StopReason::Error(format!(
-                "vCPU {} stopped: {message} at guest RIP {:#x}",
-                self.id, regs.rip
-            )),
-            Err(_) => StopReason::Error(format!("vCPU {} stopped: {message}", self.id)),
-        }
+    /// `cause`, with where the guest was, so a person can look it up.
+    fn error(&mut self, cause: VcpuError) -> StopReason {
+        StopReason::Error(StopError::Vcpu {
+            vcpu: self.id,
+            cause,
+            rip: self.fd.get_regs().ok().map(|regs| regs.rip),
+        })
     }
 
     /// Starts the vCPU on a thread named `rvmm-vcpu-N`. The thread installs
@@ -256,27 +347,28 @@ impl Vcpu {
         gate: Arc<StartGate>,
         sandbox: bool,
     ) -> std::io::Result<VcpuHandle> {
-        let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8 as usize;
         let id = self.id;
         let thread = std::thread::Builder::new()
             .name(format!("rvmm-vcpu-{id}"))
             .spawn(move || {
                 if sandbox {
                     if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
-                        stop.request(StopReason::Error(e.to_string()));
+                        stop.request(StopReason::Error(StopError::Vcpu {
+                            vcpu: id,
+                            cause: VcpuError::Seccomp(e.to_string()),
+                            rip: None,
+                        }));
                     }
                 }
                 gate.wait();
-                self.run(&stop);
-                // Handing the vCPU back keeps its kvm_run mapping alive until
-                // the VMM has joined this thread (see VcpuHandle::kick).
+                let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
+                IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+                stop_on_panic(id, &stop, || self.run(&stop));
+                IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+                // The vCPU (and its kvm_run mapping) goes back to the VMM.
                 self
             })?;
-        Ok(VcpuHandle {
-            id,
-            thread,
-            immediate_exit,
-        })
+        Ok(VcpuHandle { id, thread })
     }
 }
 
@@ -284,26 +376,26 @@ impl Vcpu {
 pub struct VcpuHandle {
     pub id: u8,
     thread: JoinHandle<Vcpu>,
-    /// Address of the `immediate_exit` byte in the vCPU's kvm_run mapping.
-    immediate_exit: usize,
 }
 
+/// The thread of a vCPU ended in a panic that [`stop_on_panic`] did not catch.
+#[derive(Debug, thiserror::Error)]
+#[error("the thread of vCPU {0} panicked outside its run loop")]
+pub struct VcpuThreadPanicked(pub u8);
+
 impl VcpuHandle {
-    /// Makes the vCPU leave KVM_RUN now, or not enter it again.
+    /// Makes the vCPU leave KVM_RUN now, or not enter it again: its own
+    /// thread's signal handler does the work (see [`on_kick`]).
     pub fn kick(&self) {
-        // SAFETY: the kvm_run mapping belongs to the Vcpu, which the thread
-        // returns instead of dropping, so it is mapped until `join`; KVM reads
-        // `immediate_exit` at each entry and a byte store is atomic on x86.
-        unsafe { std::ptr::write_volatile(self.immediate_exit as *mut u8, 1) };
         if !self.thread.is_finished() {
             // SAFETY: the pthread_t is valid until the thread is joined, which
-            // needs `self`; the signal only interrupts KVM_RUN.
+            // needs `self`; the handler only sets that thread's own byte.
             unsafe { libc::pthread_kill(self.thread.as_pthread_t(), kick_signal()) };
         }
     }
 
     /// Waits for the thread, kicking it while it is still in the guest.
-    pub fn join(self) -> Result<(), String> {
+    pub fn join(self) -> Result<(), VcpuThreadPanicked> {
         while !self.thread.is_finished() {
             self.kick();
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -311,7 +403,7 @@ impl VcpuHandle {
         self.thread
             .join()
             .map(drop)
-            .map_err(|_| format!("vCPU {} thread panicked", self.id))
+            .map_err(|_| VcpuThreadPanicked(self.id))
     }
 }
 
@@ -388,10 +480,10 @@ mod tests {
             ),
             ExitAction::Stop(StopReason::Shutdown)
         );
-        assert!(matches!(
+        assert_eq!(
             handle_exit(VcpuExit::FailEntry(0x21, 0), &io, &mmio),
-            ExitAction::Stop(StopReason::Error(m)) if m.contains("0x21")
-        ));
+            ExitAction::Fail(VcpuError::EntryFailed(0x21))
+        );
         assert_eq!(
             handle_exit(VcpuExit::InternalError, &io, &mmio),
             ExitAction::InternalError
@@ -403,7 +495,7 @@ mod tests {
         let stop = VmStop::new().unwrap();
         assert!(!stop.is_stopping());
         stop.request(StopReason::Reset);
-        stop.request(StopReason::Error("later".into()));
+        stop.request(StopReason::Error(StopError::EventLoop("later".into())));
         assert!(stop.is_stopping());
         assert_eq!(stop.reason(), Some(StopReason::Reset));
         assert_eq!(stop.eventfd().read().unwrap(), 2);
@@ -415,6 +507,58 @@ mod tests {
         assert_eq!(StopReason::Shutdown.exit_code(), 0);
         assert_eq!(StopReason::Signal(libc::SIGINT).exit_code(), 130);
         assert_eq!(StopReason::Signal(libc::SIGTERM).exit_code(), 143);
-        assert_eq!(StopReason::Error("x".into()).exit_code(), 1);
+        assert_eq!(
+            StopReason::Error(StopError::Sandbox("x".into())).exit_code(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_panic_on_a_vcpu_thread_stops_the_vm_with_its_message() {
+        let stop = Arc::new(VmStop::new().unwrap());
+        let on_thread = stop.clone();
+        std::thread::spawn(move || {
+            stop_on_panic(3, &on_thread, || panic!("device model bug"));
+        })
+        .join()
+        .expect("the panic is caught, the thread ends normally");
+        assert!(stop.is_stopping());
+        assert_eq!(
+            stop.reason(),
+            Some(StopReason::Error(StopError::Vcpu {
+                vcpu: 3,
+                cause: VcpuError::Panicked("device model bug".into()),
+                rip: None,
+            }))
+        );
+        assert_eq!(stop.eventfd().read().unwrap(), 1, "the event loop is woken");
+    }
+
+    #[test]
+    fn the_kick_handler_sets_only_its_own_threads_immediate_exit() {
+        install_kick_handler().unwrap();
+        let mine = Box::leak(Box::new(0u8)) as *mut u8 as usize;
+        let other = Box::leak(Box::new(0u8)) as *mut u8 as usize;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            IMMEDIATE_EXIT.with(|p| p.set(mine as *mut u8));
+            ready_tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+            IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+        });
+        ready_rx.recv().unwrap();
+        // SAFETY: the thread is alive (it waits on `done_rx`).
+        unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+        // SAFETY: both bytes are leaked, so live for ever.
+        let read = |p: usize| unsafe { std::ptr::read_volatile(p as *const u8) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while read(mine) == 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+        assert_eq!(read(mine), 1, "the kicked thread's vCPU must leave KVM_RUN");
+        assert_eq!(read(other), 0, "no other vCPU's kvm_run is touched");
     }
 }

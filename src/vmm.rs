@@ -24,10 +24,10 @@ use crate::disks::{self, DiskError};
 use crate::host;
 use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
-use crate::vm::{Vm, VmError};
 use crate::seccomp;
 use crate::signals::{self, StopSignals};
-use crate::vcpu::{self, StartGate, StopReason, Vcpu, VcpuHandle, VmStop};
+use crate::vcpu::{self, StartGate, StopError, StopReason, Vcpu, VcpuHandle, VmStop};
+use crate::vm::{Vm, VmError};
 use crate::x86::acpi::{self, AcpiDevice};
 use crate::x86::regs::{self, EntryMode, RegsError};
 use crate::x86::{cpuid, mptable, paging};
@@ -68,8 +68,8 @@ pub enum VmmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("event loop failed: {0:?}")]
-    EventLoop(event_manager::Error),
+    #[error("could not create the event loop: {0}")]
+    EventLoop(#[source] event_manager::Error),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -375,12 +375,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     let gate = Arc::new(StartGate::default());
     let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
+        let id = vcpu.id;
         match vcpu.start(stop.clone(), gate.clone(), config.seccomp) {
             Ok(handle) => handles.push(handle),
             Err(e) => {
-                stop.request(StopReason::Error(format!(
-                    "could not start a vCPU thread: {e}"
-                )));
+                stop.request(StopReason::Error(StopError::VcpuThread {
+                    vcpu: id,
+                    reason: e.to_string(),
+                }));
                 break;
             }
         }
@@ -388,20 +390,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
 
     if config.seccomp {
         if let Err(e) = seccomp::apply(seccomp::ThreadKind::Vmm) {
-            stop.request(StopReason::Error(e.to_string()));
+            stop.request(StopReason::Error(StopError::Sandbox(e.to_string())));
         }
     } else {
         log::warn!("--no-seccomp: rvmm runs without its sandbox; a guest that breaks out of a device reaches the whole host user");
     }
     gate.open();
 
-    let mut loop_error = None;
-    while !stop.is_stopping() {
-        if let Err(e) = events.run() {
-            loop_error = Some(VmmError::EventLoop(e));
-            stop.request(StopReason::Error("event loop failed".into()));
-        }
-    }
+    run_event_loop(&mut events, &stop);
     for handle in &handles {
         handle.kick();
     }
@@ -413,8 +409,23 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     console_writer.finish();
     drop(terminal);
     phase("VM stopped");
-    if let Some(e) = loop_error {
-        return Err(e);
-    }
     Ok(stop.reason().unwrap_or(StopReason::Shutdown))
+}
+
+/// Serves events until the VM stops. A failure of the loop, or a panic in
+/// a device while it serves an event, stops the VM in order (vCPUs kicked
+/// and joined, terminal restored) instead of leaving vCPU threads running.
+fn run_event_loop<T: MutEventSubscriber + ?Sized>(
+    events: &mut EventManager<Arc<Mutex<T>>>,
+    stop: &VmStop,
+) {
+    while !stop.is_stopping() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| events.run())) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => stop.request(StopReason::Error(StopError::EventLoop(e.to_string()))),
+            Err(panic) => stop.request(StopReason::Error(StopError::EventLoopPanicked(
+                vcpu::panic_message(panic.as_ref()),
+            ))),
+        }
+    }
 }

@@ -139,3 +139,46 @@ fn each_thread_kind_is_killed_for_what_it_may_not_do() {
         }
     }
 }
+
+/// A panic on a filtered vCPU thread must not turn into SIGSYS: the panic
+/// hook puts the terminal back only on the thread that may (the VMM's).
+#[test]
+fn a_panic_on_a_filtered_vcpu_thread_is_not_killed_by_the_terminal_hook() {
+    if std::env::var("RVMM_SECCOMP_CHILD").as_deref() == Ok("vcpu-panic") {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills in two new descriptors; the pointers are valid.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: makes the pty this process's stdin, as a person's terminal.
+        assert_eq!(unsafe { libc::dup2(slave, 0) }, 0);
+        let terminal = rvmm::console::RawTerminal::enter();
+        assert!(terminal.is_active());
+        let vcpu = std::thread::spawn(|| {
+            rvmm::seccomp::apply(rvmm::seccomp::ThreadKind::Vcpu).unwrap();
+            panic!("a bug on a vCPU thread");
+        });
+        assert!(vcpu.join().is_err());
+        drop(terminal);
+        std::process::exit(0);
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_panic_on_a_filtered_vcpu_thread_is_not_killed_by_the_terminal_hook",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("RVMM_SECCOMP_CHILD", "vcpu-panic")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

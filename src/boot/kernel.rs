@@ -8,7 +8,7 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::BootError;
+use super::{BootError, KernelDefect};
 use crate::layout::{CMDLINE_MAX_SIZE, HIMEM_START, MMIO_HOLE_START};
 use crate::memory::{low_mem_end, GuestMemoryMmap};
 use crate::x86::regs::EntryMode;
@@ -176,15 +176,19 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
                 }
             }
             rewind(&mut file)?;
-            let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
-                let reason = match e {
-                    linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
-                        "a segment lies outside guest memory (raise --mem) or the file is truncated".to_string()
+            let loaded =
+                Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
+                    let defect = match e {
+                        linux_loader::loader::Error::Elf(
+                            linux_loader::loader::elf::Error::ReadKernelImage,
+                        ) => KernelDefect::SegmentOutsideMemory,
+                        other => KernelDefect::Loader(other),
+                    };
+                    BootError::BadElf {
+                        path: path.into(),
+                        defect,
                     }
-                    other => other.to_string(),
-                };
-                BootError::BadElf { path: path.into(), reason }
-            })?;
+                })?;
             if loaded.kernel_end > low_mem_end(mem_bytes) {
                 return Err(too_large(loaded.kernel_end));
             }
@@ -203,32 +207,30 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelImage, Bo
             })
         }
         Format::BzImage { promised_len } => {
-            let bad = |reason: String| BootError::BadBzImage {
+            let bad = |defect: KernelDefect| BootError::BadBzImage {
                 path: path.into(),
-                reason,
+                defect,
             };
             let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
             if len < promised_len {
-                return Err(bad(format!(
-                    "the file is truncated ({len} bytes, its header says {promised_len}); copy or rebuild it again"
-                )));
+                return Err(bad(KernelDefect::Truncated {
+                    len,
+                    promised: promised_len,
+                }));
             }
             let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| bad(e.into()))?;
             let hdr = loaded
                 .setup_header
-                .ok_or_else(|| bad("no setup header".into()))?;
+                .ok_or_else(|| bad(KernelDefect::NoSetupHeader))?;
             if hdr.version < BOOT_PROTOCOL_64BIT_ENTRY || hdr.xloadflags & XLF_KERNEL_64 == 0 {
-                return Err(bad(format!(
-                    "boot protocol {}.{} without a 64-bit entry point (rvmm needs 2.12+ with XLF_KERNEL_64)",
-                    hdr.version >> 8,
-                    hdr.version & 0xff
-                )));
+                return Err(bad(KernelDefect::No64BitEntry {
+                    major: hdr.version >> 8,
+                    minor: hdr.version & 0xff,
+                }));
             }
             if hdr.cmdline_size == 0 {
-                return Err(bad(
-                    "its header says it takes no command line (cmdline_size 0): the file is corrupt".into(),
-                ));
+                return Err(bad(KernelDefect::NoCmdline));
             }
             // The kernel decompresses in place from where it runs: the load
             // address if it can relocate, else its preferred address.
@@ -295,7 +297,7 @@ pub fn load_initrd(
     mem.read_exact_volatile_from(GuestAddress(placement.addr), &mut file, size as usize)
         .map_err(|e| BootError::InitrdRead {
             path: path.into(),
-            reason: e.to_string(),
+            source: e,
         })?;
     Ok(placement)
 }

@@ -117,9 +117,8 @@ pub fn write_boot_info(
     initrd: Option<InitrdPlacement>,
     mem_bytes: u64,
 ) -> Result<(), BootError> {
-    let fail = |e: &dyn std::fmt::Display| BootError::WriteBootInfo(e.to_string());
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
-        .map_err(|e| fail(&e))?;
+        .map_err(BootError::WriteCmdline)?;
     let cmdline_len = super::cmdline::to_string(cmdline).len();
     match kernel.entry {
         EntryMode::LongMode { .. } => {
@@ -128,7 +127,7 @@ pub fn write_boot_info(
                 &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
                 mem,
             )
-            .map_err(|e| fail(&e))
+            .map_err(BootError::WriteBootInfo)
         }
         EntryMode::Pvh { .. } => {
             let info = pvh_info(initrd, mem_bytes);
@@ -138,7 +137,7 @@ pub fn write_boot_info(
                 params.set_modules(&info.modules, GuestAddress(info.modules_addr));
             }
             PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
-                .map_err(|e| fail(&e))
+                .map_err(BootError::WriteBootInfo)
         }
     }
 }
