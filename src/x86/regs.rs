@@ -112,33 +112,27 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap, mode: EntryMode) -> Result<(), R
 
 /// MSRs set at boot: syscall and sysenter state cleared, TSC at zero, fast strings on.
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
-    const MSR_IA32_TSC: u32 = 0x10;
-    const MSR_IA32_SYSENTER_CS: u32 = 0x174;
-    const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
-    const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
-    const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+    use x86::msr::{
+        IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GSBASE, IA32_LSTAR, IA32_MISC_ENABLE, IA32_STAR,
+        IA32_SYSENTER_CS, IA32_SYSENTER_EIP, IA32_SYSENTER_ESP, IA32_TIME_STAMP_COUNTER,
+    };
     const MISC_ENABLE_FAST_STRING: u64 = 1;
-    const MSR_STAR: u32 = 0xc000_0081;
-    const MSR_LSTAR: u32 = 0xc000_0082;
-    const MSR_CSTAR: u32 = 0xc000_0083;
-    const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
-    const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
     let msr = |index, data| kvm_msr_entry {
         index,
         data,
         ..Default::default()
     };
     vec![
-        msr(MSR_IA32_SYSENTER_CS, 0),
-        msr(MSR_IA32_SYSENTER_ESP, 0),
-        msr(MSR_IA32_SYSENTER_EIP, 0),
-        msr(MSR_STAR, 0),
-        msr(MSR_CSTAR, 0),
-        msr(MSR_KERNEL_GS_BASE, 0),
-        msr(MSR_SYSCALL_MASK, 0),
-        msr(MSR_LSTAR, 0),
-        msr(MSR_IA32_TSC, 0),
-        msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        msr(IA32_SYSENTER_CS, 0),
+        msr(IA32_SYSENTER_ESP, 0),
+        msr(IA32_SYSENTER_EIP, 0),
+        msr(IA32_STAR, 0),
+        msr(IA32_CSTAR, 0),
+        msr(IA32_KERNEL_GSBASE, 0),
+        msr(IA32_FMASK, 0),
+        msr(IA32_LSTAR, 0),
+        msr(IA32_TIME_STAMP_COUNTER, 0),
+        msr(IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
     ]
 }
 
