@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{guest, require_kvm, rvmm_binary, Console, Entry};
+use common::{guest, open_pty, require_kvm, rvmm_binary, Console, Entry};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -84,21 +84,8 @@ fn local_flags(fd: i32) -> (libc::tcflag_t, libc::tcflag_t) {
 fn the_terminal_is_restored_after_a_signal() {
     require_kvm();
     let kernel = guest("echo", Entry::Linux64);
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty fills in two new descriptors; the pointers are valid.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "cannot open a pseudo-terminal");
-    // SAFETY: both descriptors are fresh and owned here.
-    let (master_fd, slave_fd) =
-        unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let (master_fd, slave_fd) = open_pty();
+    let slave = slave_fd.as_raw_fd();
     let before = local_flags(slave);
     assert_ne!(
         before.0 & libc::ICANON,

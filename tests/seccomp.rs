@@ -145,20 +145,11 @@ fn each_thread_kind_is_killed_for_what_it_may_not_do() {
 #[test]
 fn a_panic_on_a_filtered_vcpu_thread_is_not_killed_by_the_terminal_hook() {
     if std::env::var("RVMM_SECCOMP_CHILD").as_deref() == Ok("vcpu-panic") {
-        let (mut master, mut slave) = (0, 0);
-        // SAFETY: openpty fills in two new descriptors; the pointers are valid.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0);
+        let (_master, slave) = common::open_pty();
+        let slave = std::os::fd::AsRawFd::as_raw_fd(&slave);
         // SAFETY: makes the pty this process's stdin, as a person's terminal.
-        assert_eq!(unsafe { libc::dup2(slave, 0) }, 0);
+        let stdin = unsafe { libc::dup2(slave, 0) };
+        assert_eq!(stdin, 0);
         let terminal = rvmm::console::RawTerminal::enter();
         assert!(terminal.is_active());
         let vcpu = std::thread::spawn(|| {

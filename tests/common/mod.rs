@@ -260,24 +260,7 @@ impl Console {
     /// Starts rvmm with `args` on a new pseudo-terminal, as a person at a
     /// shell would: rvmm puts it in raw mode and honours Ctrl-A x.
     pub fn start_on_terminal(args: &[&str], name: &str) -> Console {
-        let (mut master, mut slave) = (0, 0);
-        // SAFETY: openpty fills in two new descriptors; the pointers are valid.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(
-            rc, 0,
-            "cannot open a pseudo-terminal (is /dev/pts mounted?)"
-        );
-        // SAFETY: both descriptors are fresh and owned here from now on.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let (master, slave) = open_pty();
         let child = Self::command(args, name)
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave))
@@ -301,19 +284,7 @@ impl Console {
         input: Box<dyn Write + Send>,
         name: &str,
     ) -> Console {
-        let (tx, lines) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(output).split(b'\n') {
-                let Ok(line) = line else { break };
-                // A terminal ends lines with \r\n.
-                let line = String::from_utf8_lossy(&line)
-                    .trim_end_matches('\r')
-                    .to_string();
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = read_lines(output);
         Console {
             child,
             lines,
@@ -419,6 +390,46 @@ impl Drop for Console {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A new pseudo-terminal: (master, slave).
+pub fn open_pty() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills in two new descriptors; the pointers are valid.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        rc, 0,
+        "cannot open a pseudo-terminal (is /dev/pts mounted?)"
+    );
+    // SAFETY: both descriptors are fresh and owned by the caller from now on.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// Reads `output` line by line on a thread of its own; the lines arrive on
+/// the channel without their line ends (a terminal's \r\n included) until
+/// `output` ends.
+pub fn read_lines(output: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 /// A Linux printk line on the console: "[    4.910481] ...".
