@@ -1,74 +1,132 @@
 //! Guest console output on its way to the host's stdout. The UART is written
 //! on vCPU threads, which must never wait on the host: if stdout stalls (a
 //! pipe nobody reads, a suspended terminal), a blocked vCPU could not be
-//! stopped. So the UART appends to a bounded buffer and returns at once, and
-//! a writer thread of its own (`rvmm-console`) moves the bytes to stdout;
-//! only that thread blocks when stdout does. Past the buffer's size, output
-//! is dropped and counted, and rvmm says so once.
+//! stopped. So rvmm writes through a non-blocking descriptor of its own for
+//! stdout, and what stdout does not take at once waits in a bounded buffer
+//! that the event loop writes out when stdout can take more. Past the
+//! buffer's size, output is dropped and counted, and rvmm says so once.
+//!
+//! For a pipe or a terminal the descriptor is stdout reopened through
+//! /proc/self/fd/1, a file description of rvmm's own: O_NONBLOCK on it does
+//! not change the shell's terminal or pipe. A regular file never stalls and
+//! is written as it is; where reopening cannot be done (stdout is a socket,
+//! or /proc is missing), rvmm writes to stdout itself, which may block.
 
 use std::collections::VecDeque;
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::seccomp::{self, SeccompError};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 /// Guest output held while stdout is slower than the guest.
 const CAPACITY: usize = 1 << 20;
-/// Most bytes handed to one write(2).
-const CHUNK: usize = 64 << 10;
 /// How long a stopping VM waits for its last output to reach stdout.
 pub const DRAIN_ON_STOP: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleOutputError {
-    #[error("could not start the console output thread: {0}")]
-    Spawn(std::io::Error),
-    #[error(transparent)]
-    Seccomp(#[from] SeccompError),
-    #[error("the console output thread ended before it was ready")]
-    NotReady,
+    #[error("could not set up the console output: {0}")]
+    Setup(#[from] std::io::Error),
 }
 
-#[derive(Default)]
 struct Pending {
     bytes: VecDeque<u8>,
     dropped: u64,
-    /// The writer holds bytes it has taken but not yet written.
-    writing: bool,
-    closing: bool,
+    /// stdout failed for good (EPIPE, say): output is discarded from now on.
+    failed: bool,
 }
 
-#[derive(Default)]
 struct Shared {
+    out: OwnedFd,
     pending: Mutex<Pending>,
-    changed: Condvar,
+    /// Tells the event loop that bytes are waiting for stdout.
+    waiting: EventFd,
+}
+
+/// What one non-blocking write did.
+enum Wrote {
+    Bytes(usize),
+    WouldBlock,
+    Failed,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        crate::sync::lock(&self.pending)
+    fn write_now(&self, data: &[u8]) -> Wrote {
+        // SAFETY: writes from a live slice to a descriptor this struct owns.
+        let n = unsafe { libc::write(self.out.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        if n >= 0 {
+            return Wrote::Bytes(n as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Wrote::WouldBlock,
+            _ => {
+                log::warn!("cannot write the guest console to stdout ({err}); its output is discarded from now on");
+                Wrote::Failed
+            }
+        }
+    }
+
+    /// Writes what is buffered until stdout takes no more; true once empty.
+    fn flush_pending(&self) -> bool {
+        let mut pending = crate::sync::lock(&self.pending);
+        while !pending.bytes.is_empty() && !pending.failed {
+            let (front, _) = pending.bytes.as_slices();
+            match self.write_now(front) {
+                Wrote::Bytes(n) => drop(pending.bytes.drain(..n)),
+                Wrote::WouldBlock => return false,
+                Wrote::Failed => pending.failed = true,
+            }
+        }
+        if pending.failed {
+            pending.bytes.clear();
+        }
+        true
     }
 }
 
-/// The UART's output stream: appends and never blocks.
+/// The UART's output stream: writes at once what stdout takes, buffers the
+/// rest, and never blocks.
 pub struct OutputSink(Arc<Shared>);
 
 impl Write for OutputSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut pending = self.0.lock();
-        let room = CAPACITY.saturating_sub(pending.bytes.len());
-        let taken = room.min(data.len());
-        pending.bytes.extend(&data[..taken]);
-        if taken < data.len() {
+        let shared = &self.0;
+        let mut pending = crate::sync::lock(&shared.pending);
+        if pending.failed {
+            return Ok(data.len());
+        }
+        let mut rest = data;
+        // Behind buffered bytes, new ones must wait their turn.
+        if pending.bytes.is_empty() {
+            match shared.write_now(data) {
+                Wrote::Bytes(n) => rest = &data[n..],
+                Wrote::WouldBlock => {}
+                Wrote::Failed => {
+                    pending.failed = true;
+                    return Ok(data.len());
+                }
+            }
+            if rest.is_empty() {
+                return Ok(data.len());
+            }
+            // The event loop writes the rest when stdout can take it.
+            let _ = shared.waiting.write(1);
+        }
+        let taken = CAPACITY.saturating_sub(pending.bytes.len()).min(rest.len());
+        pending.bytes.extend(&rest[..taken]);
+        if taken < rest.len() {
             if pending.dropped == 0 {
                 log::warn!("stdout is not keeping up with the guest console; dropping console output until it does");
             }
-            pending.dropped += (data.len() - taken) as u64;
+            pending.dropped += (rest.len() - taken) as u64;
         }
-        drop(pending);
-        self.0.changed.notify_all();
         Ok(data.len())
     }
 
@@ -77,155 +135,180 @@ impl Write for OutputSink {
     }
 }
 
-/// The writer thread, to be finished when the VM stops.
-pub struct OutputWriter {
+/// The event loop's side: writes buffered output out when stdout is ready.
+pub struct OutputPump {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    watching_stdout: bool,
 }
 
-/// Starts the writer thread on `out`, under its own seccomp filter (when
-/// `sandbox`) before it returns, so the filter is on before any guest code
-/// runs.
-pub fn start(
-    mut out: Box<dyn Write + Send>,
-    sandbox: bool,
-) -> Result<(OutputSink, OutputWriter), ConsoleOutputError> {
-    let shared = Arc::new(Shared::default());
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let writer_shared = shared.clone();
-    let thread = std::thread::Builder::new()
-        .name("rvmm-console".into())
-        .spawn(move || {
-            if sandbox {
-                if let Err(e) = seccomp::apply(seccomp::ThreadKind::ConsoleOutput) {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            }
-            let _ = ready_tx.send(Ok(()));
-            write_until_closed(&writer_shared, out.as_mut());
+/// Opens rvmm's own non-blocking descriptor for stdout when stdout is a
+/// pipe or a terminal (the kinds that stall). A regular file keeps the
+/// shared descriptor: a description of its own would have its own offset
+/// and overwrite what stderr writes to the same file.
+pub fn start() -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
+    let stdout = std::io::stdout();
+    let kind = std::fs::metadata("/proc/self/fd/1").map(|m| m.file_type());
+    let stalls = kind.is_ok_and(|t| t.is_fifo() || t.is_char_device());
+    let reopened = stalls
+        .then(|| {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open("/proc/self/fd/1")
         })
-        .map_err(ConsoleOutputError::Spawn)?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok((
-            OutputSink(shared.clone()),
-            OutputWriter {
-                shared,
-                thread: Some(thread),
-            },
-        )),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ConsoleOutputError::NotReady),
-    }
+        .transpose();
+    let out: OwnedFd = match reopened {
+        Ok(Some(file)) => file.into(),
+        Ok(None) => stdout.as_fd().try_clone_to_owned()?,
+        Err(e) => {
+            log::debug!("cannot reopen stdout ({e}); console output may block if stdout does");
+            stdout.as_fd().try_clone_to_owned()?
+        }
+    };
+    writing_to(out)
 }
 
-fn write_until_closed(shared: &Shared, out: &mut dyn Write) {
-    let mut failed = false;
-    loop {
-        let mut pending = shared.lock();
-        while pending.bytes.is_empty() && !pending.closing {
-            pending = shared
-                .changed
-                .wait(pending)
-                .unwrap_or_else(|p| p.into_inner());
+/// The sink and pump for `out`, a descriptor that should be non-blocking.
+fn writing_to(out: OwnedFd) -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
+    let shared = Arc::new(Shared {
+        out,
+        pending: Mutex::new(Pending {
+            bytes: VecDeque::new(),
+            dropped: 0,
+            failed: false,
+        }),
+        waiting: EventFd::new(libc::EFD_NONBLOCK)?,
+    });
+    Ok((
+        OutputSink(shared.clone()),
+        OutputPump {
+            shared,
+            watching_stdout: false,
+        },
+    ))
+}
+
+impl OutputPump {
+    /// At stop: lets the buffer drain for at most [`DRAIN_ON_STOP`], then
+    /// says what stdout did not take.
+    pub fn finish(&self) {
+        let deadline = Instant::now() + DRAIN_ON_STOP;
+        while !self.shared.flush_pending() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        if pending.bytes.is_empty() {
+        let pending = crate::sync::lock(&self.shared.pending);
+        if pending.dropped > 0 {
+            log::warn!(
+                "{} bytes of guest console output were dropped because stdout did not keep up",
+                pending.dropped
+            );
+        }
+        if !pending.bytes.is_empty() {
+            log::warn!(
+                "stdout is stalled: {} bytes of guest console output were not written",
+                pending.bytes.len()
+            );
+        }
+    }
+
+    fn watch_stdout(&mut self, ops: &mut EventOps, on: bool) {
+        if on == self.watching_stdout {
             return;
         }
-        let n = pending.bytes.len().min(CHUNK);
-        let chunk: Vec<u8> = pending.bytes.drain(..n).collect();
-        pending.writing = true;
-        drop(pending);
-        // A closed stdout (EPIPE) ends the output, not the VM.
-        if !failed {
-            if let Err(e) = out.write_all(&chunk).and_then(|()| out.flush()) {
-                log::warn!("cannot write the guest console to stdout ({e}); its output is discarded from now on");
-                failed = true;
-            }
+        let fd = self.shared.out.as_raw_fd();
+        let result = if on {
+            ops.add(Events::new_raw(fd, EventSet::OUT))
+        } else {
+            ops.remove(Events::empty_raw(fd))
+        };
+        match result {
+            Ok(()) => self.watching_stdout = on,
+            // A regular file cannot be polled, but never makes us wait either.
+            Err(e) => log::debug!("cannot watch stdout for room ({e:?})"),
         }
-        shared.lock().writing = false;
-        shared.changed.notify_all();
     }
 }
 
-impl Drop for OutputWriter {
-    /// On every way out, [`OutputWriter::finish`] or an early error: the
-    /// thread ends once the buffer is empty.
-    fn drop(&mut self) {
-        self.shared.lock().closing = true;
-        self.shared.changed.notify_all();
+impl MutEventSubscriber for OutputPump {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.shared.waiting, EventSet::IN)) {
+            log::warn!("cannot watch the console output buffer: {e:?}");
+        }
     }
-}
 
-impl OutputWriter {
-    /// Lets the output drain for at most [`DRAIN_ON_STOP`], then leaves the
-    /// thread behind if stdout is stalled (process exit ends it).
-    pub fn finish(mut self) {
-        let mut pending = self.shared.lock();
-        pending.closing = true;
-        self.shared.changed.notify_all();
-        let (pending, timeout) = self
-            .shared
-            .changed
-            .wait_timeout_while(pending, DRAIN_ON_STOP, |p| !p.bytes.is_empty() || p.writing)
-            .unwrap_or_else(|p| p.into_inner());
-        let (left, dropped) = (pending.bytes.len(), pending.dropped);
-        drop(pending);
-        if dropped > 0 {
-            log::warn!("{dropped} bytes of guest console output were dropped because stdout did not keep up");
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.shared.waiting.as_raw_fd() {
+            let _ = self.shared.waiting.read();
         }
-        if timeout.timed_out() {
-            log::warn!("stdout is stalled: {left} bytes of guest console output were not written");
-        } else if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let empty = self.shared.flush_pending();
+        self.watch_stdout(ops, !empty);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
 
-    /// A stdout that records what it got, or blocks for ever.
-    struct Recorder(Arc<Mutex<Vec<u8>>>, bool);
-
-    impl Write for Recorder {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            if self.1 {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-            self.0.lock().unwrap().extend_from_slice(data);
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+    /// A pipe whose write end is non-blocking and holds one page.
+    fn small_pipe() -> (std::fs::File, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills in two new descriptors.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
+        // SAFETY: both are fresh and owned from here on.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor owned here.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+        let read = std::fs::File::from(read);
+        // The test reads blocking.
+        // SAFETY: fcntl on a descriptor owned here.
+        unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, 0) };
+        (read, write)
     }
 
     #[test]
-    fn everything_written_reaches_stdout_in_order() {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let (mut sink, writer) = start(Box::new(Recorder(got.clone(), false)), false).unwrap();
+    fn a_full_stdout_never_blocks_the_writer_and_nothing_is_lost_or_reordered() {
+        let (mut reader, write_end) = small_pipe();
+        let (mut sink, pump) = writing_to(write_end).unwrap();
         let expected: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let started = Instant::now();
         for piece in expected.chunks(777) {
             sink.write_all(piece).unwrap();
         }
-        writer.finish();
-        assert!(*got.lock().unwrap() == expected);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the sink blocked"
+        );
+        assert!(!crate::sync::lock(&pump.shared.pending).bytes.is_empty());
+        let reading = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).unwrap();
+            got
+        });
+        while !pump.shared.flush_pending() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(sink);
+        drop(pump);
+        assert!(reading.join().unwrap() == expected);
     }
 
     #[test]
-    fn a_stalled_stdout_neither_blocks_the_writer_nor_the_stop() {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let (mut sink, writer) = start(Box::new(Recorder(got, true)), false).unwrap();
-        let started = Instant::now();
-        for _ in 0..3 * CAPACITY / 4096 {
+    fn a_stalled_stdout_bounds_the_buffer_and_the_stop() {
+        let (_unread, write_end) = small_pipe();
+        let (mut sink, pump) = writing_to(write_end).unwrap();
+        for _ in 0..2 * CAPACITY / 4096 {
             sink.write_all(&[b'x'; 4096]).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "writes blocked");
+        let pending = crate::sync::lock(&pump.shared.pending);
+        assert_eq!(pending.bytes.len(), CAPACITY);
+        assert!(pending.dropped > 0);
+        drop(pending);
         let stopping = Instant::now();
-        writer.finish();
-        assert!(stopping.elapsed() < DRAIN_ON_STOP + Duration::from_secs(1));
+        pump.finish();
+        let took = stopping.elapsed();
+        assert!(took >= DRAIN_ON_STOP && took < DRAIN_ON_STOP + Duration::from_secs(1));
     }
 }

@@ -1,5 +1,5 @@
-//! Per-thread seccomp filters (seccompiler). The VMM thread, each vCPU
-//! thread and the console output thread install their own allow-list before any guest code runs; anything
+//! Per-thread seccomp filters (seccompiler). The VMM thread and each vCPU
+//! thread install their own allow-list before any guest code runs; anything
 //! else kills the whole process (SIGSYS). The lists are what those threads
 //! call once the VM is built: files and KVM objects are all open by then.
 
@@ -20,8 +20,6 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread: KVM_RUN and device register accesses.
     Vcpu,
-    /// The console output thread: writes to stdout, nothing else.
-    ConsoleOutput,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +103,9 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             vec![ioctl_rule(libc::TCGETS), ioctl_rule(libc::TCSETS)]
         }
         ThreadKind::Vcpu => vec![ioctl_rule(KVM_RUN()), ioctl_rule(KVM_GET_REGS())],
-        // No ioctl at all (an empty rule list would allow every one).
-        ThreadKind::ConsoleOutput => vec![],
     };
-    if !ioctls.is_empty() {
-        rules.insert(libc::SYS_ioctl, ioctls);
-    }
+    // (An empty rule list here would allow every ioctl.)
+    rules.insert(libc::SYS_ioctl, ioctls);
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string()))?;

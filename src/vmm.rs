@@ -335,8 +335,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     acpi::write_acpi_tables(mem, config.cpus, &acpi_devices(config.disks.len()))?;
     phase("kernel loaded");
 
-    let (output, console_writer) =
-        console_output::start(Box::new(std::io::stdout()), config.seccomp)?;
+    let (output, output_pump) = console_output::start()?;
+    let output_pump = Arc::new(Mutex::new(output_pump));
     let devices = create_legacy_devices(vm, output)?;
     let io_bus = Arc::new(devices.io_bus);
     let mut mmio_bus = Bus::new();
@@ -364,6 +364,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     for disk in attached_disks {
         events.add_subscriber(Arc::new(Mutex::new(disk)));
     }
+    events.add_subscriber(output_pump.clone());
     events.add_subscriber(Arc::new(Mutex::new(VmControl {
         reset_evt: devices.reset_evt,
         signals,
@@ -406,7 +407,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
             log::error!("{e}");
         }
     }
-    console_writer.finish();
+    crate::sync::lock(&output_pump).finish();
     drop(terminal);
     phase("VM stopped");
     Ok(stop.reason().unwrap_or(StopReason::Shutdown))

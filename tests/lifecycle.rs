@@ -161,3 +161,39 @@ fn a_stalled_stdout_neither_blocks_the_guest_nor_the_stop() {
     assert!(took < Duration::from_secs(2), "stopping took {took:?}");
     eprintln!("stalled stdout: SIGTERM ended rvmm in {took:?}");
 }
+
+/// `rvmm … > log 2>&1`: guest output and rvmm's log share one file, and
+/// neither may overwrite the other.
+#[test]
+fn stdout_and_stderr_into_one_file_keep_both() {
+    require_kvm();
+    let kernel = guest("hello", Entry::Pvh);
+    let log = common::scratch("both.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let status = Command::new(rvmm_binary())
+        .args(["--kernel", kernel.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "Hello from the rvmm PVH test guest"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains("kernel command line:")),
+        "{text}"
+    );
+    // Every line is whole: the guest's, or a log line with its timestamp.
+    for line in text.lines() {
+        assert!(
+            line.starts_with("Hello from the rvmm") || line.starts_with("[20"),
+            "a line was overwritten: {line:?} in\n{text}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! guest must read exactly its own disk and write only its own pattern, and
 //! rvmm must leave nothing behind: no rvmm process, no lock on a disk, no
 //! file beside the disks; and while they run, no rvmm has more threads than
-//! its vCPU, event loop and console output need.
+//! its vCPU and event loop.
 
 mod common;
 
@@ -21,8 +21,8 @@ const DISK_BYTES: usize = 64 << 10;
 /// Two hundred guests share two host CPUs, and on PVM hosts their code is
 /// emulated: a generous limit, so only a hang fails.
 const LIMIT: Duration = Duration::from_secs(900);
-/// One vCPU thread, the event loop (main) and the console output thread.
-const RVMM_THREADS: usize = 3;
+/// One vCPU thread and the event loop (main).
+const RVMM_THREADS: usize = 2;
 
 /// The rvmm processes whose arguments name a file in `dir` (this test's
 /// own scratch directory), with their threads' names.

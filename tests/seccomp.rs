@@ -28,8 +28,8 @@ fn every_thread_is_filtered_while_the_guest_runs() {
     let modes = thread_modes(vm.child.id());
     assert_eq!(
         modes.len(),
-        4,
-        "VMM thread, two vCPU threads and the console output thread expected: {modes:?}"
+        3,
+        "VMM thread and two vCPU threads expected: {modes:?}"
     );
     for (name, mode) in &modes {
         assert_eq!(mode, "2", "thread {name} is not under a seccomp filter");
@@ -105,14 +105,12 @@ fn child_status(kind: rvmm::seccomp::ThreadKind, call: Call) -> std::process::Ex
 
 #[test]
 fn each_thread_kind_is_killed_for_what_it_may_not_do() {
-    use rvmm::seccomp::ThreadKind::{ConsoleOutput, Vcpu, Vmm};
+    use rvmm::seccomp::ThreadKind::{Vcpu, Vmm};
     let cases = [
         (Vmm, Call::Socket, false),
         (Vmm, Call::Pwrite, true),
         (Vcpu, Call::Pwrite, false),
         (Vcpu, Call::TerminalIoctl, false),
-        (ConsoleOutput, Call::TerminalIoctl, false),
-        (ConsoleOutput, Call::Pwrite, false),
     ];
     if let Ok(key) = std::env::var("RVMM_SECCOMP_CHILD") {
         // This is the child: make the one call it was started for.
