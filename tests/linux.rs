@@ -104,23 +104,12 @@ fn sha256(path: &Path) -> String {
 fn bzimage_probes_two_disks_and_reaches_init() {
     require_kvm();
     let _alone = alone();
-    let kernel = guest_image("bzImage");
-    let initrd = guest_image("initramfs.cpio");
     let disk_a = partitioned_disk("boot-partitioned.img");
     let disk_b = random_disk("boot-plain.img", 8, 3);
-    let args = [
-        "--kernel",
-        path(&kernel),
-        "--initrd",
-        path(&initrd),
-        "--mem",
-        "256",
-        "--disk",
-        path(&disk_a),
-        "--disk",
-        path(&disk_b),
-    ];
-    let mut vm = Console::start(&args, "linux-bzimage");
+    let mut args = bzimage_args("1");
+    args.extend(["--disk".to_string(), path(&disk_a).to_string()]);
+    args.extend(["--disk".to_string(), path(&disk_b).to_string()]);
+    let mut vm = Console::start(&strs(&args), "linux-bzimage");
     let limit = boot_limit();
     vm.expect("Linux version 6.1", limit);
     vm.expect("Command line: console=ttyS0 reboot=k", limit);

@@ -270,9 +270,13 @@ impl Console {
         Self::attach(child, reader, Box::new(std::fs::File::from(master)), name)
     }
 
+    /// Where the run called `name` keeps rvmm's stderr.
+    fn stderr_path(name: &str) -> PathBuf {
+        scratch(&format!("{name}.stderr"))
+    }
+
     fn command(args: &[&str], name: &str) -> Command {
-        let stderr_path = scratch(&format!("{name}.stderr"));
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let stderr = std::fs::File::create(Self::stderr_path(name)).unwrap();
         let mut command = Command::new(rvmm_binary());
         command.args(args).stderr(stderr);
         command
@@ -289,7 +293,7 @@ impl Console {
             child,
             lines,
             seen: Vec::new(),
-            stderr_path: scratch(&format!("{name}.stderr")),
+            stderr_path: Self::stderr_path(name),
             input,
             commands: 0,
         }
