@@ -2,11 +2,14 @@
 //! here knows about clap.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use crate::boot::cmdline::DEFAULT_CMDLINE;
 
 pub const DEFAULT_MEM_MIB: u64 = 512;
 pub const DEFAULT_CPUS: u8 = 1;
+/// How long SIGTERM waits for the guest to shut down after Ctrl-Alt-Del.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything needed to build and run one VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +32,9 @@ pub struct VmConfig {
     /// Confine each thread with a seccomp filter before the guest runs. The
     /// filter stays on the calling thread after `run` returns.
     pub seccomp: bool,
+    /// On SIGTERM, how long the guest has to shut down after rvmm presses
+    /// Ctrl-Alt-Del before it is stopped hard; zero stops it at once.
+    pub stop_timeout: Duration,
 }
 
 /// One `--disk PATH[,ro][,id=STR]`. A comma inside the path or the ID is
@@ -113,6 +119,7 @@ impl VmConfig {
             disks: Vec::new(),
             boot_timer: false,
             seccomp: true,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
         }
     }
 

@@ -12,6 +12,8 @@ use rvmm::StopReason;
 /// The guest's serial console (COM1) is rvmm's stdin and stdout; logs go to
 /// stderr (set RUST_LOG=info or debug for more). On a terminal, press
 /// Ctrl-A then x to quit. rvmm exits 0 when the guest resets or powers off.
+/// SIGTERM asks the guest to shut down (Ctrl-Alt-Del) and stops it hard
+/// after --stop-timeout: exit 0 if the guest shut down, 143 if stopped.
 #[derive(Debug, Parser)]
 #[command(name = "rvmm", version, after_help = after_help())]
 struct Cli {
@@ -61,6 +63,13 @@ struct Cli {
     #[arg(long)]
     boot_timer: bool,
 
+    /// On SIGTERM, seconds the guest has to shut down after rvmm presses
+    /// Ctrl-Alt-Del on its i8042 keyboard (its init decides what that does:
+    /// busybox and systemd reboot in order). Then, on a second signal, or at
+    /// once with 0 or a guest without a keyboard driver, rvmm stops it hard.
+    #[arg(long, value_name = "SECS", default_value_t = rvmm::config::DEFAULT_STOP_TIMEOUT.as_secs_f64())]
+    stop_timeout: f64,
+
     /// Run without the per-thread seccomp filters (for debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -98,6 +107,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let stop_timeout = match std::time::Duration::try_from_secs_f64(cli.stop_timeout) {
+        Ok(timeout) if timeout <= std::time::Duration::from_secs(3600) => timeout,
+        _ => {
+            eprintln!(
+                "rvmm: error: --stop-timeout {} is not a number of seconds from 0 to 3600",
+                cli.stop_timeout
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let config = VmConfig {
         kernel: cli.kernel,
         initrd: cli.initrd,
@@ -109,6 +128,7 @@ fn main() -> ExitCode {
         disks,
         boot_timer: cli.boot_timer,
         seccomp: !cli.no_seccomp,
+        stop_timeout,
     };
     match rvmm::run(&config) {
         Ok(reason) => {

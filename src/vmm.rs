@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
+use rvmm_devices::acpi_power::{AcpiPower, ACPI_POWER_PORT, ACPI_POWER_PORT_LEN};
 use rvmm_devices::boot_timer::{BootTimer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN};
 use rvmm_devices::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use rvmm_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
@@ -15,6 +16,7 @@ use rvmm_devices::virtio::mmio::MMIO_WINDOW_SIZE;
 use rvmm_devices::{Bus, BusError};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::boot::{self, cmdline, BootError, KernelImage};
 use crate::config::{ConfigError, VmConfig};
@@ -208,12 +210,15 @@ fn acpi_devices(disk_count: usize) -> Vec<AcpiDevice> {
     devices
 }
 
-/// The legacy devices on the port-I/O bus: COM1 and the i8042.
+/// The legacy devices on the port-I/O bus: COM1, the i8042 and the ACPI
+/// power registers.
 struct LegacyDevices {
     io_bus: Bus,
     serial: Arc<Mutex<SerialConsole>>,
     serial_input_space: EventFd,
+    i8042: Arc<Mutex<I8042>>,
     reset_evt: EventFd,
+    power_off_evt: EventFd,
 }
 
 fn create_legacy_devices(vm: &VmFd, output: OutputSink) -> Result<LegacyDevices, VmmError> {
@@ -229,19 +234,30 @@ fn create_legacy_devices(vm: &VmFd, output: OutputSink) -> Result<LegacyDevices,
             .map_err(setup("clone an eventfd"))?,
         Box::new(output),
     )));
+    let clone = |evt: &EventFd| evt.try_clone().map_err(setup("clone an eventfd"));
     let reset_evt = new_evt()?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        reset_evt.try_clone().map_err(setup("clone an eventfd"))?,
-    )));
+    let power_off_evt = new_evt()?;
+    let kbd_irq = new_evt()?;
+    vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)
+        .map_err(kvm_call("route the keyboard interrupt"))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(clone(&reset_evt)?, kbd_irq)));
+    let acpi_power = AcpiPower::new(clone(&power_off_evt)?, clone(&reset_evt)?);
 
     let mut io_bus = Bus::new();
     io_bus.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
-    io_bus.insert(i8042, I8042_PORT, I8042_PORT_LEN)?;
+    io_bus.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
+    io_bus.insert(
+        Arc::new(Mutex::new(acpi_power)),
+        ACPI_POWER_PORT,
+        ACPI_POWER_PORT_LEN,
+    )?;
     Ok(LegacyDevices {
         io_bus,
         serial,
         serial_input_space,
+        i8042,
         reset_evt,
+        power_off_evt,
     })
 }
 
@@ -269,20 +285,55 @@ fn create_vcpus(
         .collect()
 }
 
-/// Turns the VMM's own wake-ups (guest reset, host signal, vCPU stop) into a
-/// stop request.
+/// Turns the VMM's own wake-ups (guest reset or power-off, host signal,
+/// vCPU stop) into a stop request. SIGTERM first asks the guest to shut down
+/// (Ctrl-Alt-Del) and stops it hard only when `stop_timeout` passes, a
+/// second signal comes, or no keyboard driver in the guest could hear it.
 struct VmControl {
     reset_evt: EventFd,
+    power_off_evt: EventFd,
     signals: StopSignals,
     stop: Arc<VmStop>,
+    i8042: Arc<Mutex<I8042>>,
+    stop_timeout: Duration,
+    stop_timer: TimerFd,
+    shutdown_asked: bool,
+}
+
+impl VmControl {
+    fn on_signal(&mut self, signal: i32) {
+        if signal == libc::SIGTERM && !self.shutdown_asked && !self.stop_timeout.is_zero() {
+            if crate::sync::lock(&self.i8042).press_ctrl_alt_del() {
+                match self.stop_timer.reset(self.stop_timeout, None) {
+                    Ok(()) => {
+                        self.shutdown_asked = true;
+                        log::info!(
+                            "SIGTERM: pressed Ctrl-Alt-Del; the guest has {} s to shut down",
+                            self.stop_timeout.as_secs_f64()
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        log::error!("cannot time the guest's shutdown ({e}); stopping it now")
+                    }
+                }
+            } else {
+                log::info!("SIGTERM: the guest has no keyboard driver to hear Ctrl-Alt-Del; stopping it now");
+            }
+        }
+        log::info!("stopping the VM on signal {signal}");
+        self.stop.request(StopReason::Signal(signal));
+    }
 }
 
 impl MutEventSubscriber for VmControl {
     fn init(&mut self, ops: &mut EventOps) {
         for fd in [
             self.reset_evt.as_raw_fd(),
+            self.power_off_evt.as_raw_fd(),
             self.signals.evt.as_raw_fd(),
             self.stop.eventfd().as_raw_fd(),
+            self.stop_timer.as_raw_fd(),
         ] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 log::error!("cannot watch VM control events: {e:?}");
@@ -295,11 +346,20 @@ impl MutEventSubscriber for VmControl {
         if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
             self.stop.request(StopReason::Reset);
+        } else if fd == self.power_off_evt.as_raw_fd() {
+            let _ = self.power_off_evt.read();
+            self.stop.request(StopReason::Shutdown);
         } else if fd == self.signals.evt.as_raw_fd() {
             let _ = self.signals.evt.read();
             let signal = signals::last_signal().unwrap_or(libc::SIGTERM);
-            log::info!("stopping the VM on signal {signal}");
-            self.stop.request(StopReason::Signal(signal));
+            self.on_signal(signal);
+        } else if fd == self.stop_timer.as_raw_fd() {
+            let _ = self.stop_timer.wait();
+            log::warn!(
+                "the guest did not shut down within {} s of Ctrl-Alt-Del; stopping it",
+                self.stop_timeout.as_secs_f64()
+            );
+            self.stop.request(StopReason::Signal(libc::SIGTERM));
         } else {
             let _ = self.stop.eventfd().read();
         }
@@ -367,8 +427,15 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     events.add_subscriber(output_pump.clone());
     events.add_subscriber(Arc::new(Mutex::new(VmControl {
         reset_evt: devices.reset_evt,
+        power_off_evt: devices.power_off_evt,
         signals,
         stop: stop.clone(),
+        i8042: devices.i8042,
+        stop_timeout: config.stop_timeout,
+        stop_timer: TimerFd::new()
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+            .map_err(setup("create a timer"))?,
+        shutdown_asked: false,
     })));
 
     phase("first KVM_RUN");

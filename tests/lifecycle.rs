@@ -33,6 +33,63 @@ fn sigterm_stops_the_vm_with_status_143() {
     assert_eq!(stop_with(libc::SIGTERM).code(), Some(143));
 }
 
+/// Starts the `shutdown` guest in `mode` ('o' obeys Ctrl-Alt-Del by powering
+/// off, 'i' ignores it), sends SIGTERM once it listens, and returns rvmm's
+/// exit status, how long it took after the signal, the guest's output and
+/// rvmm's log.
+fn sigterm_to_a_listening_guest(
+    mode: &str,
+    stop_timeout: &str,
+) -> (std::process::ExitStatus, Duration, String, String) {
+    require_kvm();
+    let kernel = guest("shutdown", Entry::Linux64);
+    let mut vm = Console::start(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--stop-timeout",
+            stop_timeout,
+        ],
+        &format!("shutdown-{mode}"),
+    );
+    vm.expect("shutdown: keyboard on, mode?", LIMIT);
+    vm.send(mode);
+    vm.expect("shutdown: ", LIMIT);
+    let sent = std::time::Instant::now();
+    send_signal(vm.child.id(), libc::SIGTERM);
+    let status = vm.wait_exit(LIMIT);
+    let took = sent.elapsed();
+    (status, took, vm.seen.join("\n"), vm.stderr())
+}
+
+#[test]
+fn sigterm_presses_ctrl_alt_del_and_a_guest_that_powers_off_exits_0() {
+    let (status, _, output, log) = sigterm_to_a_listening_guest("o", "20");
+    assert_eq!(status.code(), Some(0), "guest output:\n{output}\nrvmm log:\n{log}");
+    // The guest saw the key press (set 1: Ctrl, Alt, Delete) and powered
+    // off through the ACPI register; rvmm stopped there.
+    let codes: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("shutdown: scan code 0x"))
+        .map(|hex| hex.trim_start_matches('0'))
+        .collect();
+    assert_eq!(codes[..4], ["1d", "38", "e0", "53"], "{output}");
+    assert!(output.contains("shutdown: powering off"), "{output}");
+    assert!(!output.contains("still running"), "{output}");
+}
+
+#[test]
+fn a_guest_that_ignores_ctrl_alt_del_is_stopped_after_the_timeout() {
+    let (status, took, output, log) = sigterm_to_a_listening_guest("i", "1.5");
+    assert_eq!(status.code(), Some(143), "guest output:\n{output}\nrvmm log:\n{log}");
+    assert!(output.contains("shutdown: Ctrl-Alt-Del"), "{output}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "stopped {took:?} after SIGTERM, before its --stop-timeout of 1.5 s"
+    );
+    assert!(log.contains("did not shut down within 1.5 s"), "{log}");
+}
+
 #[test]
 fn sigint_stops_the_vm_with_status_130() {
     assert_eq!(stop_with(libc::SIGINT).code(), Some(130));

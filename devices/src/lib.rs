@@ -5,6 +5,7 @@
 //! eventfds (interrupts, reset requests). That keeps every model testable in
 //! an ordinary process.
 
+pub mod acpi_power;
 pub mod boot_timer;
 pub mod bus;
 pub mod i8042;

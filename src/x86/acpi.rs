@@ -6,10 +6,12 @@
 //! Firecracker and Cloud Hypervisor describe them.
 //!
 //! The platform is "hardware-reduced" ACPI: no PM timer, no SCI, no legacy
-//! fixed hardware. Kernels without ACPI ignore all of this and read the MP
-//! table and the command line instead.
+//! fixed hardware; power-off and reset go through the FADT's sleep control
+//! and reset registers (`rvmm_devices::acpi_power`). Kernels without ACPI
+//! ignore all of this and read the MP table and the command line instead.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
@@ -17,6 +19,10 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml, AmlSink};
+use rvmm_devices::acpi_power::{
+    ACPI_POWER_PORT, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
+    SLEEP_STATUS_OFFSET,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 use crate::layout::{ACPI_RSDP_START, HIMEM_START};
@@ -51,8 +57,11 @@ pub enum AcpiError {
     Write(GuestMemoryError),
 }
 
-/// The DSDT's AML: one device object per entry of `devices`, under `\_SB`.
+/// The DSDT's AML: `\_S5_` (soft-off, the only sleep state offered), and one
+/// device object per entry of `devices`, under `\_SB`.
 fn dsdt_bytes(devices: &[AcpiDevice]) -> Vec<u8> {
+    let mut s5 = Vec::new();
+    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE])).to_aml_bytes(&mut s5);
     let mut body = Vec::new();
     let (mut uarts, mut virtio) = (0u8, 0u32);
     for device in devices {
@@ -108,6 +117,7 @@ fn dsdt_bytes(devices: &[AcpiDevice]) -> Vec<u8> {
     let mut scope = Vec::new();
     aml::Scope::new("\\_SB_".into(), vec![&RawAml(&body)]).to_aml_bytes(&mut scope);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    dsdt.append_slice(&s5);
     dsdt.append_slice(&scope);
     dsdt.as_slice().to_vec()
 }
@@ -141,7 +151,21 @@ fn fadt_bytes(dsdt_addr: u64) -> Vec<u8> {
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::PwrButton)
-        .flag(Flags::SlpButton);
+        .flag(Flags::SlpButton)
+        .flag(Flags::ResetRegSup);
+    let port = |offset: u64| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            ACPI_POWER_PORT + offset,
+        )
+    };
+    fadt.sleep_control_reg = port(SLEEP_CONTROL_OFFSET);
+    fadt.sleep_status_reg = port(SLEEP_STATUS_OFFSET);
+    fadt.reset_reg = port(RESET_OFFSET);
+    fadt.reset_value = RESET_VALUE;
     fadt.iapc_boot_arch = (BOOT_ARCH_8042 | BOOT_ARCH_NO_VGA | BOOT_ARCH_NO_CMOS_RTC).into();
     to_bytes(&fadt.finalize())
 }
@@ -299,6 +323,29 @@ mod tests {
                 "no window at {base:#x}"
             );
         }
+    }
+
+    #[test]
+    fn power_off_and_reset_go_to_rvmms_registers() {
+        let fadt = fadt_bytes(0x1000);
+        // FADT offsets (ACPI 6.5, table 5.9): RESET_REG at 116, RESET_VALUE
+        // at 128, SLEEP_CONTROL_REG at 244, SLEEP_STATUS_REG at 256.
+        let io_port = |at: usize| {
+            assert_eq!(fadt[at], 1, "system I/O space at {at}");
+            u64::from_le_bytes(fadt[at + 4..at + 12].try_into().unwrap())
+        };
+        assert_eq!(io_port(116), ACPI_POWER_PORT + RESET_OFFSET);
+        assert_eq!(fadt[128], RESET_VALUE);
+        assert_eq!(io_port(244), ACPI_POWER_PORT + SLEEP_CONTROL_OFFSET);
+        assert_eq!(io_port(256), ACPI_POWER_PORT + SLEEP_STATUS_OFFSET);
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
+        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+        // \_S5_ is a package whose first element is S5_SLEEP_TYPE.
+        let dsdt = dsdt_bytes(&devices());
+        let at = dsdt.windows(4).position(|w| w == b"_S5_").expect("no _S5_");
+        assert_eq!(dsdt[at + 4], 0x12, "package op");
+        assert_eq!(dsdt[at + 7], 0x0a, "byte prefix");
+        assert_eq!(dsdt[at + 8], S5_SLEEP_TYPE);
     }
 
     #[test]

@@ -368,7 +368,12 @@ impl Console {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(line) = self.lines.try_recv() {
+                // Everything rvmm wrote before it exited, up to the pipe's end.
+                let drained = Instant::now() + Duration::from_secs(2);
+                while let Ok(line) = self
+                    .lines
+                    .recv_timeout(drained.saturating_duration_since(Instant::now()))
+                {
                     self.seen.push(line);
                 }
                 return status;
