@@ -61,6 +61,7 @@ populate_root() {
     cp /bin/busybox "$root/bin/busybox"
     ln -sf busybox "$root/bin/sh"
     install -m 0755 "$here/initramfs/init" "$root/init"
+    install -m 0644 "$here/initramfs/stop-signals" "$root/etc/stop-signals"
     ln -sf /init "$root/sbin/init"
     # The kernel opens /dev/console for init's stdio before anything is mounted.
     local sudo=()

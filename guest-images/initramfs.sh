@@ -11,7 +11,7 @@ ensure_packages busybox-static:/bin/busybox cpio:/bin/cpio
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 # Bump when a change to this script changes what it builds (not for messages).
 recipe=2
-hash="$(inputs_hash "$here/initramfs/init" "$here/common.sh" "busybox-static=$busybox_version" "recipe=$recipe")"
+hash="$(inputs_hash "$here/initramfs/init" "$here/initramfs/stop-signals" "$here/common.sh" "busybox-static=$busybox_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/initramfs-$hash"
 cached initramfs "$dest" initramfs.cpio && exit 0
 

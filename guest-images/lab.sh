@@ -30,7 +30,7 @@ package_version="$(apt-cache show "$package" | awk '/^Version:/ { print $2; exit
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 # Bump when a change to this script changes what it builds (not for messages).
 recipe=1
-hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$package=$package_version" \
+hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$here/initramfs/stop-signals" "$package=$package_version" \
     "busybox-static=$busybox_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/lab-$hash"
 cached lab "$dest" vmlinuz l1.cpio debian-initramfs.cpio && exit 0
@@ -70,6 +70,7 @@ make_cpio "$l1" "$dest.tmp/l1.cpio"
 
 guest="$work/debian-guest"
 busybox_root "$guest" "$here/lab/debian-init"
+install -D -m 0644 "$here/initramfs/stop-signals" "$guest/etc/stop-signals"
 mkdir -p "$guest/modules"
 cp "$modules/drivers/virtio/virtio_ring.ko" "$modules/drivers/virtio/virtio.ko" \
     "$modules/drivers/virtio/virtio_mmio.ko" "$modules/drivers/block/virtio_blk.ko" "$guest/modules/"

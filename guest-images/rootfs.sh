@@ -12,7 +12,7 @@ busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 e2fs_version="$(dpkg-query -W -f='${Version}' e2fsprogs)"
 # Bump when a change to this script changes what it builds (not for messages).
 recipe=1
-hash="$(inputs_hash "$here/initramfs/init" "$here/common.sh" "busybox-static=$busybox_version" \
+hash="$(inputs_hash "$here/initramfs/init" "$here/initramfs/stop-signals" "$here/common.sh" "busybox-static=$busybox_version" \
     "e2fsprogs=$e2fs_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/rootfs-$hash"
 cached rootfs "$dest" rootfs.ext4 && exit 0

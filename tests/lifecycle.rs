@@ -65,7 +65,11 @@ fn sigterm_to_a_listening_guest(
 #[test]
 fn sigterm_presses_ctrl_alt_del_and_a_guest_that_powers_off_exits_0() {
     let (status, _, output, log) = sigterm_to_a_listening_guest("o", "20");
-    assert_eq!(status.code(), Some(0), "guest output:\n{output}\nrvmm log:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "guest output:\n{output}\nrvmm log:\n{log}"
+    );
     // The guest saw the key press (set 1: Ctrl, Alt, Delete) and powered
     // off through the ACPI register; rvmm stopped there.
     let codes: Vec<&str> = output
@@ -81,7 +85,11 @@ fn sigterm_presses_ctrl_alt_del_and_a_guest_that_powers_off_exits_0() {
 #[test]
 fn a_guest_that_ignores_ctrl_alt_del_is_stopped_after_the_timeout() {
     let (status, took, output, log) = sigterm_to_a_listening_guest("i", "1.5");
-    assert_eq!(status.code(), Some(143), "guest output:\n{output}\nrvmm log:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "guest output:\n{output}\nrvmm log:\n{log}"
+    );
     assert!(output.contains("shutdown: Ctrl-Alt-Del"), "{output}");
     assert!(
         took >= Duration::from_millis(1500),

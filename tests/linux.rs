@@ -203,11 +203,13 @@ fn four_vcpus_and_4_gib_are_listed() {
 /// Every user-space check, by its test name: the lab runs them all in one L1 boot.
 const USER_SPACE_CHECKS: &[&str] = &[
     "user_space_shell_answers_typed_commands_on_one_cpu",
-    "user_space_two_cpus_and_sigterm_ends_with_143",
+    "user_space_two_cpus_and_sigterm_shuts_down_in_order",
     "user_space_four_cpus_with_a_disk_and_ctrl_a_x_on_a_terminal",
     "user_space_disks_read_and_written_from_inside_the_guest",
     "user_space_vmlinux_with_its_root_on_a_disk_reaches_the_shell",
     "user_space_debian_kernel_reads_its_virtio_disk",
+    "user_space_poweroff_and_reboot_as_typed_end_rvmm_with_0",
+    "user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi",
 ];
 
 /// Runs `check` where user space can run: here on a hardware-virtualized
@@ -339,22 +341,148 @@ fn user_space_shell_answers_typed_commands_on_one_cpu() {
 }
 
 #[test]
-fn user_space_two_cpus_and_sigterm_ends_with_143() {
-    user_space("user_space_two_cpus_and_sigterm_ends_with_143", || {
-        let marker = random_disk("user-sigterm.img", 1, 5);
-        let mut args = bzimage_args("2");
-        args.extend(["--disk".to_string(), path(&marker).to_string()]);
-        let mut vm = Console::start(&strs(&args), "user-two-cpus");
-        boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
-        assert_cpus(&mut vm, 2);
-        // SAFETY: kill(2) on the child this test started and still owns.
-        let sent = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(sent, 0);
-        let status = vm.wait_exit(step_limit());
-        assert_eq!(status.code(), Some(143), "stderr:\n{}", vm.stderr());
-        assert_no_rvmm_left(&marker);
-        eprintln!("bzImage: 2 CPUs brought up, nproc 2; SIGTERM ends rvmm with 143, nothing left");
-    });
+fn user_space_poweroff_and_reboot_as_typed_end_rvmm_with_0() {
+    user_space(
+        "user_space_poweroff_and_reboot_as_typed_end_rvmm_with_0",
+        || {
+            for command in ["poweroff", "reboot"] {
+                let mut vm = Console::start(&strs(&bzimage_args("1")), "user-poweroff");
+                boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+                // Busybox's poweroff and reboot signal init, which syncs.
+                vm.send(&format!("{command}\n"));
+                vm.expect(&format!("init: {command}: syncing disks"), step_limit());
+                let status = vm.wait_exit(step_limit());
+                assert_eq!(
+                    status.code(),
+                    Some(0),
+                    "`{command}` should end rvmm with 0; stderr:\n{}",
+                    vm.stderr()
+                );
+            }
+            eprintln!("bzImage: `poweroff` and `reboot` typed at the shell each end rvmm with 0");
+        },
+    );
+}
+
+#[test]
+fn user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi() {
+    user_space(
+        "user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi",
+        || {
+            let disk = random_disk("user-debian-stop.img", 1, 17);
+            let (kernel, initrd) = (
+                guest_image("lab/vmlinuz"),
+                guest_image("lab/debian-initramfs.cpio"),
+            );
+            let args = [
+                "--kernel",
+                path(&kernel),
+                "--initrd",
+                path(&initrd),
+                "--mem",
+                "512",
+                // rvmm's default without `nomodule`: the i8042 options keep
+                // the keyboard driver from probing a keyboard that answers
+                // no commands, so it takes Ctrl-Alt-Del at once.
+                "--cmdline",
+                "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd",
+                "--disk",
+                path(&disk),
+            ];
+            let marker = b"rvmm-written-before-sigterm";
+            let offset = 8 * 512;
+
+            let mut vm = Console::start(&args, "user-debian-sigterm");
+            boot_to_shell(&mut vm, "debian-guest: user space (");
+            // A buffered write: in the guest's page cache, not yet on disk.
+            let (status, out) = vm.run(
+                &format!(
+                    "printf {} | dd of=/dev/vda bs=512 seek=8 conv=notrunc 2>/dev/null",
+                    std::str::from_utf8(marker).unwrap()
+                ),
+                step_limit(),
+            );
+            assert_eq!(status, 0, "{out:?}");
+            let sent = std::time::Instant::now();
+            // SAFETY: kill(2) on the child this test started and still owns.
+            assert_eq!(
+                unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) },
+                0
+            );
+            vm.expect("init: Ctrl-Alt-Del: syncing disks", step_limit());
+            let status = vm.wait_exit(step_limit());
+            let took = sent.elapsed();
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "the guest should shut down in order on SIGTERM; stderr:\n{}",
+                vm.stderr()
+            );
+            let on_disk = std::fs::read(&disk).unwrap();
+            assert_eq!(
+                &on_disk[offset..offset + marker.len()],
+                marker,
+                "what the guest wrote before SIGTERM is not on the disk"
+            );
+
+            let mut vm = Console::start(&args, "user-debian-poweroff");
+            boot_to_shell(&mut vm, "debian-guest: user space (");
+            vm.send("poweroff\n");
+            vm.expect("init: poweroff: syncing disks", step_limit());
+            // The kernel takes the ACPI path (sleep state S5), not a panic.
+            vm.expect(
+                "ACPI: PM: Preparing to enter system sleep state S5",
+                step_limit(),
+            );
+            let status = vm.wait_exit(step_limit());
+            assert_eq!(status.code(), Some(0), "stderr:\n{}", vm.stderr());
+            assert!(
+                !vm.seen.iter().any(|l| l.contains("Kernel panic")),
+                "{}",
+                vm.seen.join("\n")
+            );
+            eprintln!(
+                "Debian's kernel: SIGTERM → Ctrl-Alt-Del → init synced and rebooted in {took:?}, the buffered write on disk; `poweroff` went through ACPI S5 and exited 0"
+            );
+        },
+    );
+}
+
+#[test]
+fn user_space_two_cpus_and_sigterm_shuts_down_in_order() {
+    user_space(
+        "user_space_two_cpus_and_sigterm_shuts_down_in_order",
+        || {
+            let disk = random_disk("user-sigterm.img", 1, 5);
+            let mut args = bzimage_args("2");
+            args.extend(["--disk".to_string(), path(&disk).to_string()]);
+            let mut vm = Console::start(&strs(&args), "user-two-cpus");
+            boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+            assert_cpus(&mut vm, 2);
+            // A buffered write: in the guest's page cache, not yet on disk.
+            let marker = "rvmm-written-before-sigterm";
+            let (status, out) = vm.run(
+                &format!("printf {marker} | dd of=/dev/vda bs=512 seek=8 conv=notrunc 2>/dev/null"),
+                step_limit(),
+            );
+            assert_eq!(status, 0, "{out:?}");
+            // SAFETY: kill(2) on the child this test started and still owns.
+            let sent = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+            assert_eq!(sent, 0);
+            // rvmm pressed Ctrl-Alt-Del; the guest's init synced and reset.
+            vm.expect("init: Ctrl-Alt-Del: syncing disks", step_limit());
+            let status = vm.wait_exit(step_limit());
+            assert_eq!(status.code(), Some(0), "stderr:\n{}", vm.stderr());
+            let on_disk = std::fs::read(&disk).unwrap();
+            assert_eq!(
+                &on_disk[4096..4096 + marker.len()],
+                marker.as_bytes(),
+                "what the guest wrote before SIGTERM is not on the disk"
+            );
+            assert_no_rvmm_left(&disk);
+            eprintln!("bzImage: 2 CPUs brought up, nproc 2; SIGTERM → Ctrl-Alt-Del → init synced (the write is on disk) and rvmm exits 0, nothing left");
+        },
+    );
 }
 
 #[test]
