@@ -292,6 +292,12 @@ fn assert_no_rvmm_left(marker: &Path) {
     assert!(left.is_empty(), "rvmm processes left behind: {left:?}");
 }
 
+fn send_sigterm(vm: &Console) {
+    // SAFETY: kill(2) on the child this test started and still owns.
+    let sent = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(sent, 0, "{}", std::io::Error::last_os_error());
+}
+
 fn reboot_and_expect_status_0(vm: &mut Console) {
     vm.send("reboot -f\n");
     let status = vm.wait_exit(step_limit());
@@ -404,11 +410,7 @@ fn user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi() {
             );
             assert_eq!(status, 0, "{out:?}");
             let sent = std::time::Instant::now();
-            // SAFETY: kill(2) on the child this test started and still owns.
-            assert_eq!(
-                unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) },
-                0
-            );
+            send_sigterm(&vm);
             vm.expect("init: Ctrl-Alt-Del: syncing disks", step_limit());
             let status = vm.wait_exit(step_limit());
             let took = sent.elapsed();
@@ -466,9 +468,7 @@ fn user_space_two_cpus_and_sigterm_shuts_down_in_order() {
                 step_limit(),
             );
             assert_eq!(status, 0, "{out:?}");
-            // SAFETY: kill(2) on the child this test started and still owns.
-            let sent = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
-            assert_eq!(sent, 0);
+            send_sigterm(&vm);
             // rvmm pressed Ctrl-Alt-Del; the guest's init synced and reset.
             vm.expect("init: Ctrl-Alt-Del: syncing disks", step_limit());
             let status = vm.wait_exit(step_limit());
