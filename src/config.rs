@@ -35,6 +35,31 @@ pub struct VmConfig {
     /// On SIGTERM, how long the guest has to shut down after rvmm presses
     /// Ctrl-Alt-Del before it is stopped hard; zero stops it at once.
     pub stop_timeout: Duration,
+    /// Where the guest's serial console goes.
+    pub serial: SerialConfig,
+}
+
+/// `--serial stdio|file=PATH|off`: the guest console on rvmm's stdin and
+/// stdout, written to a file (no input), or discarded (no input).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialConfig {
+    #[default]
+    Stdio,
+    File(PathBuf),
+    Off,
+}
+
+impl std::str::FromStr for SerialConfig {
+    type Err = ConfigError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        match spec.split_once('=') {
+            None if spec == "stdio" => Ok(SerialConfig::Stdio),
+            None if spec == "off" => Ok(SerialConfig::Off),
+            Some(("file", path)) if !path.is_empty() => Ok(SerialConfig::File(path.into())),
+            _ => Err(ConfigError::Serial(spec.to_string())),
+        }
+    }
 }
 
 /// One `--disk PATH[,ro][,id=STR]`. A comma inside the path or the ID is
@@ -101,6 +126,8 @@ pub enum ConfigError {
     DiskWithoutPath,
     #[error("--disk option '{0}' is not known; use --disk PATH[,ro][,id=STR] (write a comma in PATH as ,,)")]
     DiskOption(String),
+    #[error("--serial '{0}' is not known; use --serial stdio, --serial file=PATH or --serial off")]
+    Serial(String),
     #[error("{given} disks given; rvmm supports at most {max}")]
     TooManyDisks { given: usize, max: usize },
 }
@@ -120,6 +147,7 @@ impl VmConfig {
             boot_timer: false,
             seccomp: true,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            serial: SerialConfig::Stdio,
         }
     }
 
@@ -227,6 +255,23 @@ mod tests {
         );
         c.cmdline = Some("console=ttyS0".into());
         assert_eq!(c.base_cmdline(), "console=ttyS0 root=/dev/vda rw");
+    }
+
+    #[test]
+    fn serial_specs() {
+        assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
+        assert_eq!("off".parse(), Ok(SerialConfig::Off));
+        assert_eq!(
+            "file=/tmp/a=b".parse(),
+            Ok(SerialConfig::File("/tmp/a=b".into()))
+        );
+        for bad in ["", "file", "file=", "tty", "socket=/x", "stdio=1"] {
+            assert_eq!(
+                bad.parse::<SerialConfig>(),
+                Err(ConfigError::Serial(bad.into())),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

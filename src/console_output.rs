@@ -17,6 +17,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,11 @@ pub const DRAIN_ON_STOP: Duration = Duration::from_millis(500);
 pub enum ConsoleOutputError {
     #[error("could not set up the console output: {0}")]
     Setup(#[from] std::io::Error),
+    #[error("could not open '{path}' for --serial file=: {source}; give a writable path")]
+    OpenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 struct Pending {
@@ -141,11 +147,32 @@ pub struct OutputPump {
     watching_stdout: bool,
 }
 
+/// Console output into the file at `path` (created, or truncated), as
+/// `--serial file=PATH` asks. A regular file never stalls the writer.
+pub fn to_file(path: &Path) -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| ConsoleOutputError::OpenFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    writing_to(file.into())
+}
+
+/// Console output that goes nowhere, for `--serial off`.
+pub fn discarded() -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
+    writing_to(OpenOptions::new().write(true).open("/dev/null")?.into())
+}
+
 /// Opens rvmm's own non-blocking descriptor for stdout when stdout is a
 /// pipe or a terminal (the kinds that stall). A regular file keeps the
 /// shared descriptor: a description of its own would have its own offset
 /// and overwrite what stderr writes to the same file.
-pub fn start() -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
+pub fn to_stdout() -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
     let stdout = std::io::stdout();
     let kind = std::fs::metadata("/proc/self/fd/1").map(|m| m.file_type());
     let stalls = kind.is_ok_and(|t| t.is_fifo() || t.is_char_device());

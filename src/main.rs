@@ -9,8 +9,8 @@ use rvmm::StopReason;
 
 /// Boot a Linux kernel (or any PVH or 64-bit ELF guest) in a KVM microVM.
 ///
-/// The guest's serial console (COM1) is rvmm's stdin and stdout; logs go to
-/// stderr (set RUST_LOG=info or debug for more). On a terminal, press
+/// The guest's serial console (COM1) is rvmm's stdin and stdout (see
+/// --serial); logs go to stderr (see --log-path, --log-level, RUST_LOG). On a terminal, press
 /// Ctrl-A then x to quit. rvmm exits 0 when the guest resets or powers off.
 /// SIGTERM asks the guest to shut down (Ctrl-Alt-Del) and stops it hard
 /// after --stop-timeout: exit 0 if the guest shut down, 143 if stopped.
@@ -70,6 +70,21 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = rvmm::config::DEFAULT_STOP_TIMEOUT.as_secs_f64())]
     stop_timeout: f64,
 
+    /// Where the guest's serial console (COM1) goes: `stdio` (rvmm's stdin
+    /// and stdout), `file=PATH` (written to PATH, created or truncated; no
+    /// input), or `off` (discarded; no input).
+    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
+    serial: String,
+
+    /// Append rvmm's log to PATH instead of writing it to stderr.
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<PathBuf>,
+
+    /// Log level: off, error, warn (the default), info, debug or trace.
+    /// Overrides RUST_LOG, which also takes per-module levels.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+
     /// Run without the per-thread seccomp filters (for debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -79,15 +94,46 @@ fn after_help() -> String {
     format!("Default kernel command line:\n  {DEFAULT_CMDLINE}")
 }
 
-fn main() -> ExitCode {
-    rvmm::vmm::mark_process_start();
+/// Sets up logging as --log-path, --log-level and RUST_LOG ask.
+fn init_logging(path: Option<&std::path::Path>, level: Option<&str>) -> Result<(), String> {
     // virtio-queue logs errors about queues a guest set up wrong; a hostile
     // guest must not be able to flood the host's logs through it.
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("warn,virtio_queue=off"),
-    )
-    .format_timestamp_millis()
-    .init();
+    const QUIET: &str = "virtio_queue=off";
+    let mut builder = match level {
+        Some(level) => {
+            let level = match level.to_ascii_lowercase().as_str() {
+                "warning" => log::LevelFilter::Warn,
+                other => other.parse().map_err(|_| {
+                    format!("--log-level '{level}' is not a level; use off, error, warn, info, debug or trace")
+                })?,
+            };
+            let mut builder = env_logger::Builder::new();
+            builder.parse_filters(&format!("{level},{QUIET}"));
+            builder
+        }
+        None => env_logger::Builder::from_env(
+            env_logger::Env::default().default_filter_or(format!("warn,{QUIET}")),
+        ),
+    };
+    if let Some(path) = path {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                format!(
+                    "cannot open --log-path '{}': {e}; give a writable path",
+                    path.display()
+                )
+            })?;
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    builder.format_timestamp_millis().init();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    rvmm::vmm::mark_process_start();
     // SAFETY: getuid/geteuid/getgid/getegid only read the process's IDs.
     let setid = unsafe { libc::getuid() != libc::geteuid() || libc::getgid() != libc::getegid() };
     if setid {
@@ -95,6 +141,17 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_path.as_deref(), cli.log_level.as_deref()) {
+        eprintln!("rvmm: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let serial = match cli.serial.parse() {
+        Ok(serial) => serial,
+        Err(e) => {
+            eprintln!("rvmm: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let disks = match cli
         .disks
         .iter()
@@ -129,6 +186,7 @@ fn main() -> ExitCode {
         boot_timer: cli.boot_timer,
         seccomp: !cli.no_seccomp,
         stop_timeout,
+        serial,
     };
     match rvmm::run(&config) {
         Ok(reason) => {

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::boot::{self, cmdline, BootError, KernelImage};
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, SerialConfig, VmConfig};
 use crate::console::{ConsoleInput, RawTerminal};
 use crate::console_output::{self, OutputSink};
 use crate::disks::{self, DiskError};
@@ -370,6 +370,12 @@ impl MutEventSubscriber for VmControl {
 pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     phase("configuration read");
     check_input_files(config)?;
+    // Before any host resource, so a bad --serial path gets its own message.
+    let (output, output_pump) = match &config.serial {
+        SerialConfig::Stdio => console_output::to_stdout()?,
+        SerialConfig::File(path) => console_output::to_file(path)?,
+        SerialConfig::Off => console_output::discarded()?,
+    };
     if config.disks.len() > disks::MAX_DISKS {
         return Err(ConfigError::TooManyDisks {
             given: config.disks.len(),
@@ -395,7 +401,6 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     acpi::write_acpi_tables(mem, config.cpus, &acpi_devices(config.disks.len()))?;
     phase("kernel loaded");
 
-    let (output, output_pump) = console_output::start()?;
     let output_pump = Arc::new(Mutex::new(output_pump));
     let devices = create_legacy_devices(vm, output)?;
     let io_bus = Arc::new(devices.io_bus);
@@ -414,13 +419,16 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     vcpu::install_kick_handler().map_err(setup("install the vCPU kick handler"))?;
     let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(VmmError::EventLoop)?;
-    let terminal = RawTerminal::enter();
-    events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
-        devices.serial.clone(),
-        devices.serial_input_space,
-        terminal.is_active(),
-        stop.clone(),
-    ))));
+    // Only a console on stdio takes input (and a terminal's raw mode).
+    let terminal = (config.serial == SerialConfig::Stdio).then(RawTerminal::enter);
+    if let Some(terminal) = &terminal {
+        events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+            devices.serial.clone(),
+            devices.serial_input_space,
+            terminal.is_active(),
+            stop.clone(),
+        ))));
+    }
     for disk in attached_disks {
         events.add_subscriber(Arc::new(Mutex::new(disk)));
     }

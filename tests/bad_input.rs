@@ -57,6 +57,41 @@ fn hello() -> String {
 }
 
 #[test]
+fn bad_console_and_log_options() {
+    let kernel = hello();
+    assert_refused(
+        &["--kernel", &kernel, "--serial", "socket=/tmp/x"],
+        &["--serial 'socket=/tmp/x' is not known", "file=PATH"],
+    );
+    assert_refused(
+        &[
+            "--kernel",
+            &kernel,
+            "--serial",
+            "file=/nonexistent-dir/out.txt",
+        ],
+        &["/nonexistent-dir/out.txt", "--serial file="],
+    );
+    assert_refused(
+        &[
+            "--kernel",
+            &kernel,
+            "--log-path",
+            "/nonexistent-dir/rvmm.log",
+        ],
+        &["--log-path '/nonexistent-dir/rvmm.log'"],
+    );
+    assert_refused(
+        &["--kernel", &kernel, "--log-level", "loud"],
+        &["--log-level 'loud' is not a level"],
+    );
+    assert_refused(
+        &["--kernel", &kernel, "--stop-timeout", "7200"],
+        &["--stop-timeout 7200 is not a number of seconds from 0 to 3600"],
+    );
+}
+
+#[test]
 fn missing_kernel() {
     assert_refused(
         &["--kernel", "/nonexistent/bzImage"],
