@@ -37,6 +37,64 @@ pub struct VmConfig {
     pub stop_timeout: Duration,
     /// Where the guest's serial console goes.
     pub serial: SerialConfig,
+    /// Network cards, after the disks in the device order.
+    pub nets: Vec<NetConfig>,
+}
+
+/// One `--net tap=NAME[,mac=MAC][,id=STR]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+    pub id: Option<String>,
+}
+
+/// Linux's limit on interface names, with the terminating NUL.
+const IFNAMSIZ: usize = 16;
+
+impl std::str::FromStr for NetConfig {
+    type Err = ConfigError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (mut tap, mut mac, mut id) = (None, None, None);
+        for option in split_options(spec) {
+            match option.split_once('=') {
+                Some(("tap", name)) => {
+                    let valid = !name.is_empty()
+                        && name.len() < IFNAMSIZ
+                        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+                    if !valid {
+                        return Err(ConfigError::TapName(name.to_string()));
+                    }
+                    tap = Some(name.to_string());
+                }
+                Some(("mac", text)) => mac = Some(parse_mac(text)?),
+                Some(("id", text)) if !text.is_empty() => id = Some(text.to_string()),
+                _ => return Err(ConfigError::NetOption(option)),
+            }
+        }
+        let tap = tap.ok_or(ConfigError::NetWithoutTap)?;
+        Ok(NetConfig { tap, mac, id })
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, a unicast address.
+fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || ConfigError::Mac(text.to_string());
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| {
+            (part.len() == 2)
+                .then(|| u8::from_str_radix(part, 16).ok())
+                .flatten()
+                .ok_or_else(bad)
+        })
+        .collect::<Result<_, _>>()?;
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| bad())?;
+    if mac[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(mac)
 }
 
 /// `--serial stdio|file=PATH|off`: the guest console on rvmm's stdin and
@@ -128,8 +186,16 @@ pub enum ConfigError {
     DiskOption(String),
     #[error("--serial '{0}' is not known; use --serial stdio, --serial file=PATH or --serial off")]
     Serial(String),
-    #[error("{given} disks given; rvmm supports at most {max}")]
-    TooManyDisks { given: usize, max: usize },
+    #[error("{given} disks and network cards given; rvmm supports at most {max} devices")]
+    TooManyDevices { given: usize, max: usize },
+    #[error("--net needs a tap: --net tap=NAME[,mac=MAC][,id=STR]")]
+    NetWithoutTap,
+    #[error("--net option '{0}' is not known; use --net tap=NAME[,mac=MAC][,id=STR]")]
+    NetOption(String),
+    #[error("tap name '{0}' is not an interface name (1 to 15 printable characters, no '/')")]
+    TapName(String),
+    #[error("MAC address '{0}' is not a unicast address written as aa:bb:cc:dd:ee:ff")]
+    Mac(String),
 }
 
 impl VmConfig {
@@ -148,6 +214,7 @@ impl VmConfig {
             seccomp: true,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             serial: SerialConfig::Stdio,
+            nets: Vec::new(),
         }
     }
 
@@ -255,6 +322,47 @@ mod tests {
         );
         c.cmdline = Some("console=ttyS0".into());
         assert_eq!(c.base_cmdline(), "console=ttyS0 root=/dev/vda rw");
+    }
+
+    #[test]
+    fn net_specs() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!(
+            n,
+            NetConfig {
+                tap: "tap0".into(),
+                mac: None,
+                id: None
+            }
+        );
+        let n: NetConfig = "tap=vm1,mac=06:00:AC:10:00:02,id=eth0".parse().unwrap();
+        assert_eq!(n.mac, Some([6, 0, 0xac, 0x10, 0, 2]));
+        assert_eq!(n.id.as_deref(), Some("eth0"));
+        assert_eq!(
+            "mac=06:00:00:00:00:01".parse::<NetConfig>(),
+            Err(ConfigError::NetWithoutTap)
+        );
+        assert_eq!(
+            "tap=a,ro".parse::<NetConfig>(),
+            Err(ConfigError::NetOption("ro".into()))
+        );
+        for bad in ["tap=", "tap=sixteen-chars-xy", "tap=a/b", "tap=a b"] {
+            assert!(
+                matches!(bad.parse::<NetConfig>(), Err(ConfigError::TapName(_))),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "01:00:00:00:00:01",
+            "06:00:00:00:00",
+            "06:00:00:00:00:0g",
+            "6:0:0:0:0:1",
+        ] {
+            assert_eq!(
+                format!("tap=t,mac={bad}").parse::<NetConfig>(),
+                Err(ConfigError::Mac(bad.into()))
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,12 @@ struct Cli {
     #[arg(long = "disk", value_name = "PATH[,ro][,id=STR]")]
     disks: Vec<String>,
 
+    /// A virtio-net card on the tap device NAME, repeatable. rvmm creates
+    /// the tap (removed on exit) when it does not exist and rvmm may;
+    /// `mac` defaults to a locally administered address derived from NAME.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,id=STR]")]
+    nets: Vec<String>,
+
     /// Enable the boot timer: when the guest writes 123 to the byte at
     /// 0xd0000000 (as Firecracker's), log at info level the time since rvmm
     /// started (wall and CPU) and since the guest first ran.
@@ -174,6 +180,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let nets = match cli
+        .nets
+        .iter()
+        .map(|n| n.parse())
+        .collect::<Result<Vec<rvmm::config::NetConfig>, _>>()
+    {
+        Ok(nets) => nets,
+        Err(e) => {
+            eprintln!("rvmm: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = VmConfig {
         kernel: cli.kernel,
         initrd: cli.initrd,
@@ -187,6 +205,7 @@ fn main() -> ExitCode {
         seccomp: !cli.no_seccomp,
         stop_timeout,
         serial,
+        nets,
     };
     match rvmm::run(&config) {
         Ok(reason) => {

@@ -26,13 +26,16 @@ use crate::disks::{self, DiskError};
 use crate::host;
 use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::net::{self, NetError};
 use crate::seccomp;
 use crate::signals::{self, StopSignals};
 use crate::vcpu::{self, StartGate, StopError, StopReason, Vcpu, VcpuHandle, VmStop};
+use crate::virtio_devices::{self, AttachError};
 use crate::vm::{Vm, VmError};
 use crate::x86::acpi::{self, AcpiDevice};
 use crate::x86::regs::{self, EntryMode, RegsError};
 use crate::x86::{cpuid, mptable, paging};
+use rvmm_devices::virtio::net::RX_QUEUE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -56,6 +59,10 @@ pub enum VmmError {
     ConsoleOutput(#[from] crate::console_output::ConsoleOutputError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
     #[error("could not write the boot page tables: {0}")]
     PageTables(vm_memory::GuestMemoryError),
     #[error("device layout: {0}")]
@@ -188,9 +195,9 @@ fn load_guest(
     Ok(kernel)
 }
 
-/// What the ACPI tables describe: COM1, the i8042 and every disk's
-/// virtio-mmio window.
-fn acpi_devices(disk_count: usize) -> Vec<AcpiDevice> {
+/// What the ACPI tables describe: COM1, the i8042 and every virtio device's
+/// window.
+fn acpi_devices(virtio_count: usize) -> Vec<AcpiDevice> {
     let mut devices = vec![
         AcpiDevice::Serial {
             port: COM1_PORT as u16,
@@ -199,8 +206,8 @@ fn acpi_devices(disk_count: usize) -> Vec<AcpiDevice> {
         },
         AcpiDevice::I8042 { irq: I8042_KBD_IRQ },
     ];
-    devices.extend((0..disk_count).map(|index| {
-        let (base, irq) = disks::placement(index);
+    devices.extend((0..virtio_count).map(|index| {
+        let (base, irq) = virtio_devices::placement(index);
         AcpiDevice::VirtioMmio {
             base: base as u32,
             len: MMIO_WINDOW_SIZE as u32,
@@ -376,14 +383,16 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         SerialConfig::File(path) => console_output::to_file(path)?,
         SerialConfig::Off => console_output::discarded()?,
     };
-    if config.disks.len() > disks::MAX_DISKS {
-        return Err(ConfigError::TooManyDisks {
-            given: config.disks.len(),
-            max: disks::MAX_DISKS,
+    let device_count = config.disks.len() + config.nets.len();
+    if device_count > virtio_devices::MAX_DEVICES {
+        return Err(ConfigError::TooManyDevices {
+            given: device_count,
+            max: virtio_devices::MAX_DEVICES,
         }
         .into());
     }
     let blocks = disks::open_disks(&config.disks)?;
+    let taps = net::open_nets(&config.nets)?;
     let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
 
     let kvm = hypervisor::open_kvm()?;
@@ -395,10 +404,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     let (vm, mem) = (built.fd(), built.memory());
     phase("memory mapped");
 
-    let disk_args: Vec<String> = (0..config.disks.len()).map(disks::cmdline_arg).collect();
-    let kernel = load_guest(config, mem, mem_bytes, &disk_args)?;
+    let device_args: Vec<String> = (0..device_count).map(virtio_devices::cmdline_arg).collect();
+    let kernel = load_guest(config, mem, mem_bytes, &device_args)?;
     mptable::write_mptable(mem, config.cpus)?;
-    acpi::write_acpi_tables(mem, config.cpus, &acpi_devices(config.disks.len()))?;
+    acpi::write_acpi_tables(mem, config.cpus, &acpi_devices(device_count))?;
     phase("kernel loaded");
 
     let output_pump = Arc::new(Mutex::new(output_pump));
@@ -410,7 +419,16 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         let timer = Arc::new(Mutex::new(boot_timer(&first_run)));
         mmio_bus.insert(timer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN)?;
     }
-    let attached_disks = disks::attach_disks(vm, mem, &mut mmio_bus, blocks)?;
+    let mut attached = disks::attach_disks(vm, mem, &mut mmio_bus, blocks)?;
+    for (i, (tap, mac)) in taps.into_iter().enumerate() {
+        let tap_fd = tap.as_raw_fd();
+        let name = format!("network card {i} (tap {})", config.nets[i].tap);
+        let index = config.disks.len() + i;
+        let device = Box::new(net::device(tap, mac));
+        let card = virtio_devices::attach(vm, mem, &mut mmio_bus, index, &name, device)?;
+        // The card owns the tap; frames arriving on it go to the receive queue.
+        attached.push(card.serve_on_input(tap_fd, RX_QUEUE));
+    }
     let mmio_bus = Arc::new(mmio_bus);
     let vcpus = create_vcpus(&kvm, vm, config, kernel.entry, io_bus, mmio_bus)?;
 
@@ -429,8 +447,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
             stop.clone(),
         ))));
     }
-    for disk in attached_disks {
-        events.add_subscriber(Arc::new(Mutex::new(disk)));
+    for device in attached {
+        events.add_subscriber(Arc::new(Mutex::new(device)));
     }
     events.add_subscriber(output_pump.clone());
     events.add_subscriber(Arc::new(Mutex::new(VmControl {

@@ -8,34 +8,7 @@
  * a host can tell their writes apart. */
 #include "guest.h"
 
-#define REG(base, off) (*(volatile u32 *)((base) + (off)))
-#define MAGIC 0x000
-#define VERSION 0x004
-#define DEVICE_ID 0x008
-#define DEVICE_FEATURES 0x010
-#define DEVICE_FEATURES_SEL 0x014
-#define DRIVER_FEATURES 0x020
-#define DRIVER_FEATURES_SEL 0x024
-#define QUEUE_SEL 0x030
-#define QUEUE_NUM_MAX 0x034
-#define QUEUE_NUM 0x038
-#define QUEUE_READY 0x044
-#define QUEUE_NOTIFY 0x050
-#define INTERRUPT_STATUS 0x060
-#define INTERRUPT_ACK 0x064
-#define STATUS 0x070
-#define QUEUE_DESC_LOW 0x080
-#define QUEUE_DESC_HIGH 0x084
-#define QUEUE_AVAIL_LOW 0x090
-#define QUEUE_AVAIL_HIGH 0x094
-#define QUEUE_USED_LOW 0x0a0
-#define QUEUE_USED_HIGH 0x0a4
-#define CONFIG 0x100
-
-#define S_ACK 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
+#include "virtio_mmio.h"
 
 #define F_RO (1u << 5)
 #define F_FLUSH (1u << 9)
@@ -46,15 +19,7 @@
 #define T_GET_ID 8
 
 #define QSIZE 8
-#define D_NEXT 1
-#define D_WRITE 2
 #define CHUNK (64 * 1024)
-
-struct desc {
-    u64 addr;
-    u32 len;
-    u16 flags, next;
-};
 
 static struct desc descs[QSIZE] __attribute__((aligned(4096)));
 static struct {
@@ -76,7 +41,6 @@ static u8 buffer[CHUNK] __attribute__((aligned(4096)));
 static u16 used_seen;
 
 
-static void barrier(void) { __asm__ volatile("" ::: "memory"); }
 
 /* One request: header, optional data, status. Returns the status byte. */
 static u8 request(u64 base, u32 type, u64 sector, void *data, u32 len, int device_writes) {

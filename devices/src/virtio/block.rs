@@ -13,12 +13,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_blk::*;
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 
 use super::{
-    read_config_bytes, GuestMemoryMmap, Served, VirtioDevice, BYTES_PER_NOTIFICATION,
+    check_chain, read_config_bytes, GuestMemoryMmap, Served, VirtioDevice, BYTES_PER_NOTIFICATION,
     REQUESTS_PER_NOTIFICATION, VIRTIO_F_VERSION_1,
 };
 
@@ -318,39 +317,6 @@ impl Block {
     /// offered, and virtio-queue would otherwise follow tables of up to
     /// 65535 entries while building the request's reader and writer.
     /// Returns the chain's total length, or None for a refused chain.
-    fn check_chain(
-        mem: &GuestMemoryMmap,
-        table: GuestAddress,
-        size: u16,
-        head: u16,
-    ) -> Option<u64> {
-        let mut index = head;
-        let mut total = 0u64;
-        for _ in 0..MAX_DESCRIPTORS {
-            let desc: Descriptor = mem
-                .read_obj(table.checked_add(u64::from(index) * 16)?)
-                .ok()?;
-            if desc.refers_to_indirect_table() {
-                log::debug!("virtio-blk: indirect descriptor, but the feature was not offered");
-                return None;
-            }
-            if desc.len() > SIZE_MAX {
-                log::debug!("virtio-blk: descriptor longer than SIZE_MAX");
-                return None;
-            }
-            total += u64::from(desc.len());
-            if !desc.has_next() {
-                return Some(total);
-            }
-            index = desc.next();
-            if index >= size {
-                return None;
-            }
-        }
-        log::debug!("virtio-blk: request has more than SEG_MAX data descriptors");
-        None
-    }
-
     fn execute(
         &mut self,
         header: [u8; 16],
@@ -472,7 +438,7 @@ impl VirtioDevice for Block {
             };
             let head = chain.head_index();
             // A chain refused by the walk goes back unread, without a status.
-            let len = match Self::check_chain(mem, table, size, head) {
+            let len = match check_chain(mem, table, size, head, MAX_DESCRIPTORS, SIZE_MAX) {
                 Some(chain_bytes) => {
                     bytes += chain_bytes;
                     self.serve(chain, mem)

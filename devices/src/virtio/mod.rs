@@ -3,8 +3,11 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
+use vm_memory::{Address, Bytes, GuestAddress};
 
 /// Guest memory as the devices see it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -59,4 +62,44 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         let n = data.len().min(config.len() - start);
         data[..n].copy_from_slice(&config[start..start + n]);
     }
+}
+
+/// Walks the descriptor chain at `head` of the table at `table` (of `size`
+/// entries) before anything reads it, and returns its total length, or None
+/// when it must be refused: an indirect descriptor (no device here offers
+/// them), a descriptor longer than `max_len`, a `next` outside the table,
+/// more than `max_descriptors` descriptors (which also ends a loop).
+pub fn check_chain(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+    max_descriptors: u32,
+    max_len: u32,
+) -> Option<u64> {
+    let mut index = head;
+    let mut total = 0u64;
+    for _ in 0..max_descriptors {
+        let desc: Descriptor = mem
+            .read_obj(table.checked_add(u64::from(index) * 16)?)
+            .ok()?;
+        if desc.refers_to_indirect_table() {
+            log::debug!("virtio: indirect descriptor, but the feature was not offered");
+            return None;
+        }
+        if desc.len() > max_len {
+            log::debug!("virtio: descriptor longer than {max_len} bytes");
+            return None;
+        }
+        total += u64::from(desc.len());
+        if !desc.has_next() {
+            return Some(total);
+        }
+        index = desc.next();
+        if index >= size {
+            return None;
+        }
+    }
+    log::debug!("virtio: chain of more than {max_descriptors} descriptors");
+    None
 }
