@@ -24,9 +24,9 @@ fn require_tun() {
         "/dev/net/tun is missing: load the tun module (modprobe tun)"
     );
     // SAFETY: geteuid only reads the process's ID.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "these tests create tap devices: run them as root (or with CAP_NET_ADMIN)"
     );
 }
@@ -293,10 +293,8 @@ fn rvmm_creates_a_missing_tap_and_it_is_gone_after_exit() {
     let mac = parse_mac(line.rsplit(' ').next().unwrap());
     assert_eq!(mac[0] & 3, 2, "{line}");
     // SAFETY: kill(2) on the child this test started and still owns.
-    assert_eq!(
-        unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let sent = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(sent, 0);
     vm.wait_exit(LIMIT);
     assert!(!sys.exists(), "tap {name} is left after rvmm exited");
 }
