@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Writes the seed inputs of the block_request fuzz target: one well-formed
-request of each type, laid out as the target expects (see its header)."""
+"""Writes the seed inputs of the block_request fuzz target (one well-formed
+request of each type) and of net_queues (a frame to send and receive
+buffers), laid out as the targets expect (see their headers)."""
 import os
 import struct
 
@@ -38,3 +39,27 @@ os.makedirs(out, exist_ok=True)
 for name, data in seeds.items():
     with open(os.path.join(out, name), "wb") as f:
         f.write(data)
+
+
+def net_seed():
+    """Receive buffers at 0x1000.., one frame to send at 0x2000."""
+    rx_desc, rx_avail, rx_used = 0x100, 0x200, 0x300
+    tx_desc, tx_avail, tx_used = 0x400, 0x500, 0x600
+    mem = bytearray(0x3000)
+    for i in range(4):
+        struct.pack_into("<QIHH", mem, rx_desc + 16 * i, 0x1000 + 0x400 * i, 0x400, WRITE, 0)
+    struct.pack_into("<HH4H", mem, rx_avail, 0, 4, 0, 1, 2, 3)
+    struct.pack_into("<QIHH", mem, tx_desc, 0x2000, 12 + 60, 0, 0)
+    struct.pack_into("<HHH", mem, tx_avail, 0, 1, 0)
+    head = struct.pack("<HIII", 8, rx_desc, rx_avail, rx_used)
+    head += struct.pack("<HIII", 8, tx_desc, tx_avail, tx_used) + bytes([2])
+    # Notify the receive queue (with a 100-byte frame from the tap) and the
+    # transmit queue.
+    ops = struct.pack("<BI", 0x50 // 4, 100) + struct.pack("<BI", 0x50 // 4, 1)
+    return head + ops + bytes(mem)
+
+
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "net_queues")
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "frame_each_way"), "wb") as f:
+    f.write(net_seed())
