@@ -29,7 +29,7 @@ fi
 package_version="$(apt-cache show "$package" | awk '/^Version:/ { print $2; exit }')"
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 # Bump when a change to this script changes what it builds (not for messages).
-recipe=1
+recipe=2
 hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$here/initramfs/stop-signals" "$package=$package_version" \
     "busybox-static=$busybox_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/lab-$hash"
@@ -65,7 +65,8 @@ l1="$work/l1"
 busybox_root "$l1" "$here/lab/l1-init"
 mkdir -p "$l1/lab/modules"
 cp "$modules/virt/lib/irqbypass.ko" "$modules/drivers/crypto/ccp/ccp.ko" \
-    "$modules/arch/x86/kvm/kvm.ko" "$modules/arch/x86/kvm/kvm-amd.ko" "$l1/lab/modules/"
+    "$modules/arch/x86/kvm/kvm.ko" "$modules/arch/x86/kvm/kvm-amd.ko" \
+    "$modules/drivers/net/tun.ko" "$l1/lab/modules/"
 make_cpio "$l1" "$dest.tmp/l1.cpio"
 
 guest="$work/debian-guest"
@@ -73,7 +74,9 @@ busybox_root "$guest" "$here/lab/debian-init"
 install -D -m 0644 "$here/initramfs/stop-signals" "$guest/etc/stop-signals"
 mkdir -p "$guest/modules"
 cp "$modules/drivers/virtio/virtio_ring.ko" "$modules/drivers/virtio/virtio.ko" \
-    "$modules/drivers/virtio/virtio_mmio.ko" "$modules/drivers/block/virtio_blk.ko" "$guest/modules/"
+    "$modules/drivers/virtio/virtio_mmio.ko" "$modules/drivers/block/virtio_blk.ko" \
+    "$modules/net/core/failover.ko" "$modules/drivers/net/net_failover.ko" \
+    "$modules/drivers/net/virtio_net.ko" "$guest/modules/"
 make_cpio "$guest" "$dest.tmp/debian-initramfs.cpio"
 echo "$package $package_version" > "$dest.tmp/VERSION"
 publish lab "$dest"

@@ -210,6 +210,7 @@ const USER_SPACE_CHECKS: &[&str] = &[
     "user_space_debian_kernel_reads_its_virtio_disk",
     "user_space_poweroff_and_reboot_as_typed_end_rvmm_with_0",
     "user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi",
+    "user_space_debian_kernel_talks_tcp_over_virtio_net",
 ];
 
 /// Runs `check` where user space can run: here on a hardware-virtualized
@@ -448,6 +449,88 @@ fn user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi() {
             );
         },
     );
+}
+
+#[test]
+fn user_space_debian_kernel_talks_tcp_over_virtio_net() {
+    user_space("user_space_debian_kernel_talks_tcp_over_virtio_net", || {
+        use std::io::{BufRead, Write};
+        use std::net::{TcpListener, TcpStream};
+
+        common::tap::require_tun();
+        let tap = common::tap::Tap::create("rvmmlab0");
+        tap.set_ipv4([10, 0, 2, 1], 24);
+        let listener = TcpListener::bind("10.0.2.1:5001").expect("listen on the tap's address");
+        let (kernel, initrd) = (
+            guest_image("lab/vmlinuz"),
+            guest_image("lab/debian-initramfs.cpio"),
+        );
+        let net = format!("tap={},mac=06:00:0a:00:02:02", tap.name);
+        let args = [
+            "--kernel",
+            path(&kernel),
+            "--initrd",
+            path(&initrd),
+            "--mem",
+            "512",
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd",
+            "--net",
+            &net,
+        ];
+        let mut vm = Console::start(&args, "user-debian-net");
+        boot_to_shell(&mut vm, "debian-guest: user space (");
+        let (status, out) = vm.run(
+            "ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && cat /sys/class/net/eth0/address",
+            step_limit(),
+        );
+        assert_eq!((status, out), (0, vec!["06:00:0a:00:02:02".to_string()]));
+        let (status, out) = vm.run("ping -c 1 -W 10 10.0.2.1", step_limit());
+        assert_eq!(status, 0, "ping: {out:?}");
+        assert!(
+            out.iter().any(|l| l.contains("1 packets received")),
+            "{out:?}"
+        );
+
+        // Host to guest: the guest listens, the host connects and writes.
+        let (status, _) = vm.run("(nc -l -p 5000 > /tmp/from-host &)", step_limit());
+        assert_eq!(status, 0);
+        let to_guest = format!("rvmm-tcp-host-to-guest-{}", std::process::id());
+        let deadline = std::time::Instant::now() + step_limit();
+        let mut stream = loop {
+            match TcpStream::connect("10.0.2.2:5000") {
+                Ok(stream) => break stream,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("connecting to the guest: {e}; again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("cannot connect to the guest's nc: {e}"),
+            }
+        };
+        writeln!(stream, "{to_guest}").unwrap();
+        drop(stream);
+        let (_, out) = vm.run(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do [ -s /tmp/from-host ] && break; sleep 1; done; cat /tmp/from-host",
+            step_limit(),
+        );
+        assert_eq!(out, vec![to_guest.clone()], "what the guest's nc received");
+
+        // Guest to host: the guest connects and writes, the host listens.
+        let from_guest = format!("rvmm-tcp-guest-to-host-{}", std::process::id());
+        vm.send(&format!("echo {from_guest} | nc 10.0.2.1 5001\n"));
+        listener.set_nonblocking(false).unwrap();
+        let (connection, peer) = listener.accept().expect("no connection from the guest");
+        assert_eq!(peer.ip().to_string(), "10.0.2.2");
+        connection.set_read_timeout(Some(step_limit())).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&connection)
+            .read_line(&mut line)
+            .expect("nothing from the guest");
+        assert_eq!(line.trim_end(), from_guest);
+        drop(connection);
+        reboot_and_expect_status_0(&mut vm);
+        eprintln!("Debian's kernel on virtio-net: MAC as given, ping and TCP both ways with L1 through a tap");
+    });
 }
 
 #[test]

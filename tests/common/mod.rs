@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod tap;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
