@@ -71,8 +71,9 @@ struct Cli {
 
     /// On SIGTERM, seconds the guest has to shut down after rvmm presses
     /// Ctrl-Alt-Del on its i8042 keyboard (its init decides what that does:
-    /// busybox and systemd reboot in order). Then, on a second signal, or at
-    /// once with 0 or a guest without a keyboard driver, rvmm stops it hard.
+    /// busybox and systemd reboot in order). rvmm stops it hard when that
+    /// time is up or a second signal comes, and at once with 0 or when the
+    /// guest has no keyboard driver.
     #[arg(long, value_name = "SECS", default_value_t = rvmm::config::DEFAULT_STOP_TIMEOUT.as_secs_f64())]
     stop_timeout: f64,
 
