@@ -97,13 +97,15 @@ fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
     Ok(mac)
 }
 
-/// `--serial stdio|file=PATH|off`: the guest console on rvmm's stdin and
-/// stdout, written to a file (no input), or discarded (no input).
+/// `--serial stdio|file=PATH|socket=PATH|off`: the guest console on rvmm's
+/// stdin and stdout, written to a file (no input), on a Unix socket's
+/// client, or discarded (no input).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SerialConfig {
     #[default]
     Stdio,
     File(PathBuf),
+    Socket(PathBuf),
     Off,
 }
 
@@ -115,6 +117,7 @@ impl std::str::FromStr for SerialConfig {
             None if spec == "stdio" => Ok(SerialConfig::Stdio),
             None if spec == "off" => Ok(SerialConfig::Off),
             Some(("file", path)) if !path.is_empty() => Ok(SerialConfig::File(path.into())),
+            Some(("socket", path)) if !path.is_empty() => Ok(SerialConfig::Socket(path.into())),
             _ => Err(ConfigError::Serial(spec.to_string())),
         }
     }
@@ -184,7 +187,7 @@ pub enum ConfigError {
     DiskWithoutPath,
     #[error("--disk option '{0}' is not known; use --disk PATH[,ro][,id=STR] (write a comma in PATH as ,,)")]
     DiskOption(String),
-    #[error("--serial '{0}' is not known; use --serial stdio, --serial file=PATH or --serial off")]
+    #[error("--serial '{0}' is not known; use --serial stdio, file=PATH, socket=PATH or off")]
     Serial(String),
     #[error("{given} disks and network cards given; rvmm supports at most {max} devices")]
     TooManyDevices { given: usize, max: usize },
@@ -373,7 +376,11 @@ mod tests {
             "file=/tmp/a=b".parse(),
             Ok(SerialConfig::File("/tmp/a=b".into()))
         );
-        for bad in ["", "file", "file=", "tty", "socket=/x", "stdio=1"] {
+        assert_eq!(
+            "socket=/run/vm.sock".parse(),
+            Ok(SerialConfig::Socket("/run/vm.sock".into()))
+        );
+        for bad in ["", "file", "file=", "tty", "socket=", "pty", "stdio=1"] {
             assert_eq!(
                 bad.parse::<SerialConfig>(),
                 Err(ConfigError::Serial(bad.into())),

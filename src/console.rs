@@ -82,10 +82,14 @@ impl Drop for RawTerminal {
 const ESCAPE: u8 = 0x01;
 const ESCAPE_QUIT: u8 = b'x';
 
-/// Pumps host stdin into the guest UART. When the UART's FIFO is full, stops
-/// reading stdin until the guest drains it (the UART signals `input_space`).
+/// Pumps host stdin (or a serial socket's client) into the guest UART. When
+/// the UART's FIFO is full, stops reading until the guest drains it (the
+/// UART signals `input_space`).
 pub struct ConsoleInput {
-    stdin: RawFd,
+    /// Where input comes from: stdin, a socket client, or nothing yet.
+    stdin: Option<RawFd>,
+    /// The source ended (EOF or an error).
+    closed: bool,
     serial: Arc<Mutex<SerialConsole>>,
     input_space: EventFd,
     pending: VecDeque<u8>,
@@ -104,7 +108,8 @@ impl ConsoleInput {
         stop: Arc<VmStop>,
     ) -> Self {
         Self {
-            stdin: libc::STDIN_FILENO,
+            stdin: Some(libc::STDIN_FILENO),
+            closed: false,
             serial,
             input_space,
             pending: VecDeque::new(),
@@ -113,6 +118,25 @@ impl ConsoleInput {
             escape_seen: false,
             stop,
         }
+    }
+
+    /// Reads from `source` from now on instead (None: no input).
+    pub fn set_source(&mut self, source: Option<RawFd>, ops: &mut EventOps) {
+        self.stop_reading(ops);
+        self.stdin = source;
+        self.closed = false;
+        self.start_reading(ops);
+    }
+
+    /// Without a source: a serial socket before its first client.
+    pub fn without_source(mut self) -> Self {
+        self.stdin = None;
+        self
+    }
+
+    /// The source ended: EOF, or an error reading it.
+    pub fn source_closed(&self) -> bool {
+        self.closed
     }
 
     /// Takes bytes read from stdin, handling the quit escape on terminals.
@@ -154,9 +178,12 @@ impl ConsoleInput {
     }
 
     fn read_stdin(&mut self, ops: &mut EventOps) {
+        let Some(fd) = self.stdin else {
+            return;
+        };
         let mut buf = [0u8; 4096];
         // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::read(self.stdin, buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         match n {
             n if n > 0 => {
                 self.accept(&buf[..n as usize]);
@@ -164,6 +191,7 @@ impl ConsoleInput {
             }
             0 => {
                 log::debug!("stdin closed; the guest console gets no more input");
+                self.closed = true;
                 self.stop_reading(ops);
             }
             _ => {
@@ -172,6 +200,7 @@ impl ConsoleInput {
                     && err.kind() != std::io::ErrorKind::WouldBlock
                 {
                     log::warn!("cannot read stdin ({err}); the guest console gets no more input");
+                    self.closed = true;
                     self.stop_reading(ops);
                 }
             }
@@ -179,15 +208,15 @@ impl ConsoleInput {
     }
 
     fn stop_reading(&mut self, ops: &mut EventOps) {
-        if self.reading_stdin {
-            let _ = ops.remove(Events::empty_raw(self.stdin));
-            self.reading_stdin = false;
+        if let (true, Some(fd)) = (self.reading_stdin, self.stdin) {
+            let _ = ops.remove(Events::empty_raw(fd));
         }
+        self.reading_stdin = false;
     }
 
     fn start_reading(&mut self, ops: &mut EventOps) {
-        if !self.reading_stdin {
-            match ops.add(Events::new_raw(self.stdin, EventSet::IN)) {
+        if let (false, Some(fd)) = (self.reading_stdin, self.stdin) {
+            match ops.add(Events::new_raw(fd, EventSet::IN)) {
                 Ok(()) => self.reading_stdin = true,
                 // A regular file or /dev/null cannot be polled: no console input.
                 Err(e) => {
@@ -213,11 +242,12 @@ impl MutEventSubscriber for ConsoleInput {
             if self.pending.is_empty() {
                 self.start_reading(ops);
             }
-        } else if events.fd() == self.stdin {
+        } else if Some(events.fd()) == self.stdin {
             if events.event_set().intersects(EventSet::IN) {
                 self.read_stdin(ops);
             } else {
                 // Hang-up or error without data.
+                self.closed = true;
                 self.stop_reading(ops);
             }
             if !self.pending.is_empty() {

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,9 @@ pub enum ConsoleOutputError {
 }
 
 struct Pending {
+    /// Where output goes; none while a serial socket has no client (output
+    /// then waits in `bytes`, up to the buffer's size).
+    out: Option<OwnedFd>,
     bytes: VecDeque<u8>,
     dropped: u64,
     /// stdout failed for good (EPIPE, say): output is discarded from now on.
@@ -49,7 +52,6 @@ struct Pending {
 }
 
 struct Shared {
-    out: OwnedFd,
     pending: Mutex<Pending>,
     /// Tells the event loop that bytes are waiting for stdout.
     waiting: EventFd,
@@ -62,10 +64,13 @@ enum Wrote {
     Failed,
 }
 
-impl Shared {
+impl Pending {
     fn write_now(&self, data: &[u8]) -> Wrote {
+        let Some(out) = &self.out else {
+            return Wrote::WouldBlock;
+        };
         // SAFETY: writes from a live slice to a descriptor this struct owns.
-        let n = unsafe { libc::write(self.out.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        let n = unsafe { libc::write(out.as_raw_fd(), data.as_ptr().cast(), data.len()) };
         if n >= 0 {
             return Wrote::Bytes(n as usize);
         }
@@ -73,18 +78,22 @@ impl Shared {
         match err.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Wrote::WouldBlock,
             _ => {
-                log::warn!("cannot write the guest console to stdout ({err}); its output is discarded from now on");
+                log::warn!(
+                    "cannot write the guest console ({err}); its output is discarded from now on"
+                );
                 Wrote::Failed
             }
         }
     }
+}
 
+impl Shared {
     /// Writes what is buffered until stdout takes no more; true once empty.
     fn flush_pending(&self) -> bool {
         let mut pending = crate::sync::lock(&self.pending);
         while !pending.bytes.is_empty() && !pending.failed {
             let (front, _) = pending.bytes.as_slices();
-            match self.write_now(front) {
+            match pending.write_now(front) {
                 Wrote::Bytes(n) => drop(pending.bytes.drain(..n)),
                 Wrote::WouldBlock => return false,
                 Wrote::Failed => pending.failed = true,
@@ -110,8 +119,8 @@ impl Write for OutputSink {
         }
         let mut rest = data;
         // Behind buffered bytes, new ones must wait their turn.
-        if pending.bytes.is_empty() {
-            match shared.write_now(data) {
+        if pending.bytes.is_empty() && pending.out.is_some() {
+            match pending.write_now(data) {
                 Wrote::Bytes(n) => rest = &data[n..],
                 Wrote::WouldBlock => {}
                 Wrote::Failed => {
@@ -128,7 +137,7 @@ impl Write for OutputSink {
         let taken = CAPACITY.saturating_sub(pending.bytes.len()).min(rest.len());
         pending.bytes.extend(&rest[..taken]);
         if taken < rest.len() {
-            if pending.dropped == 0 {
+            if pending.dropped == 0 && pending.out.is_some() {
                 log::warn!("stdout is not keeping up with the guest console; dropping console output until it does");
             }
             pending.dropped += (rest.len() - taken) as u64;
@@ -144,7 +153,37 @@ impl Write for OutputSink {
 /// The event loop's side: writes buffered output out when stdout is ready.
 pub struct OutputPump {
     shared: Arc<Shared>,
-    watching_stdout: bool,
+    /// The descriptor watched for room, if any.
+    watching: Option<RawFd>,
+}
+
+/// Switches console output between serial socket clients.
+#[derive(Clone)]
+pub struct OutputTarget(Arc<Shared>);
+
+impl OutputTarget {
+    /// Sends output (and what waited for a client) to `out` from now on.
+    pub fn attach(&self, out: OwnedFd) {
+        let mut pending = crate::sync::lock(&self.0.pending);
+        pending.out = Some(out);
+        pending.failed = false;
+        let _ = self.0.waiting.write(1);
+    }
+
+    /// Keeps output in the buffer until the next client.
+    pub fn detach(&self) {
+        let mut pending = crate::sync::lock(&self.0.pending);
+        pending.out = None;
+        pending.failed = false;
+    }
+}
+
+/// Console output for `--serial socket=`: buffered (up to the buffer's
+/// size) until a client comes, then written to it.
+pub fn for_clients() -> Result<(OutputSink, OutputPump, OutputTarget), ConsoleOutputError> {
+    let (sink, pump) = writing_to(None)?;
+    let target = OutputTarget(pump.shared.clone());
+    Ok((sink, pump, target))
 }
 
 /// Console output into the file at `path` (created, or truncated), as
@@ -160,12 +199,14 @@ pub fn to_file(path: &Path) -> Result<(OutputSink, OutputPump), ConsoleOutputErr
             path: path.to_path_buf(),
             source,
         })?;
-    writing_to(file.into())
+    writing_to(Some(file.into()))
 }
 
 /// Console output that goes nowhere, for `--serial off`.
 pub fn discarded() -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
-    writing_to(OpenOptions::new().write(true).open("/dev/null")?.into())
+    writing_to(Some(
+        OpenOptions::new().write(true).open("/dev/null")?.into(),
+    ))
 }
 
 /// Opens rvmm's own non-blocking descriptor for stdout when stdout is a
@@ -192,14 +233,14 @@ pub fn to_stdout() -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
             stdout.as_fd().try_clone_to_owned()?
         }
     };
-    writing_to(out)
+    writing_to(Some(out))
 }
 
 /// The sink and pump for `out`, a descriptor that should be non-blocking.
-fn writing_to(out: OwnedFd) -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
+fn writing_to(out: Option<OwnedFd>) -> Result<(OutputSink, OutputPump), ConsoleOutputError> {
     let shared = Arc::new(Shared {
-        out,
         pending: Mutex::new(Pending {
+            out,
             bytes: VecDeque::new(),
             dropped: 0,
             failed: false,
@@ -210,7 +251,7 @@ fn writing_to(out: OwnedFd) -> Result<(OutputSink, OutputPump), ConsoleOutputErr
         OutputSink(shared.clone()),
         OutputPump {
             shared,
-            watching_stdout: false,
+            watching: None,
         },
     ))
 }
@@ -219,6 +260,10 @@ impl OutputPump {
     /// At stop: lets the buffer drain for at most [`DRAIN_ON_STOP`], then
     /// says what stdout did not take.
     pub fn finish(&self) {
+        if crate::sync::lock(&self.shared.pending).out.is_none() {
+            // A serial socket without a client: nobody to wait for.
+            return;
+        }
         let deadline = Instant::now() + DRAIN_ON_STOP;
         while !self.shared.flush_pending() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -238,20 +283,26 @@ impl OutputPump {
         }
     }
 
+    /// Watches the output descriptor for room while output waits for it.
     fn watch_stdout(&mut self, ops: &mut EventOps, on: bool) {
-        if on == self.watching_stdout {
+        let current = crate::sync::lock(&self.shared.pending)
+            .out
+            .as_ref()
+            .map(|out| out.as_raw_fd());
+        let wanted = current.filter(|_| on);
+        if wanted == self.watching {
             return;
         }
-        let fd = self.shared.out.as_raw_fd();
-        let result = if on {
-            ops.add(Events::new_raw(fd, EventSet::OUT))
-        } else {
-            ops.remove(Events::empty_raw(fd))
-        };
-        match result {
-            Ok(()) => self.watching_stdout = on,
-            // A regular file cannot be polled, but never makes us wait either.
-            Err(e) => log::debug!("cannot watch stdout for room ({e:?})"),
+        if let Some(fd) = self.watching.take() {
+            // Fails harmlessly when the descriptor was a client's, now closed.
+            let _ = ops.remove(Events::empty_raw(fd));
+        }
+        if let Some(fd) = wanted {
+            match ops.add(Events::new_raw(fd, EventSet::OUT)) {
+                Ok(()) => self.watching = Some(fd),
+                // A regular file cannot be polled, but never makes us wait either.
+                Err(e) => log::debug!("cannot watch stdout for room ({e:?})"),
+            }
         }
     }
 }
@@ -298,7 +349,7 @@ mod tests {
     #[test]
     fn a_full_stdout_never_blocks_the_writer_and_nothing_is_lost_or_reordered() {
         let (mut reader, write_end) = small_pipe();
-        let (mut sink, pump) = writing_to(write_end).unwrap();
+        let (mut sink, pump) = writing_to(Some(write_end)).unwrap();
         let expected: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let started = Instant::now();
         for piece in expected.chunks(777) {
@@ -325,7 +376,7 @@ mod tests {
     #[test]
     fn a_stalled_stdout_bounds_the_buffer_and_the_stop() {
         let (_unread, write_end) = small_pipe();
-        let (mut sink, pump) = writing_to(write_end).unwrap();
+        let (mut sink, pump) = writing_to(Some(write_end)).unwrap();
         for _ in 0..2 * CAPACITY / 4096 {
             sink.write_all(&[b'x'; 4096]).unwrap();
         }

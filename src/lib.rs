@@ -7,6 +7,7 @@ pub mod boot;
 pub mod config;
 pub mod console;
 pub mod console_output;
+pub mod console_socket;
 pub mod disks;
 pub mod host;
 pub mod hypervisor;

@@ -79,8 +79,14 @@ struct Cli {
 
     /// Where the guest's serial console (COM1) goes: `stdio` (rvmm's stdin
     /// and stdout), `file=PATH` (written to PATH, created or truncated; no
+    /// input), `socket=PATH` (a Unix socket rvmm listens on: one client at
+    /// a time reads the output, earlier output included, and types the
     /// input), or `off` (discarded; no input).
-    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
+    #[arg(
+        long,
+        value_name = "stdio|file=PATH|socket=PATH|off",
+        default_value = "stdio"
+    )]
     serial: String,
 
     /// Append rvmm's log to PATH instead of writing it to stderr.

@@ -22,6 +22,7 @@ use crate::boot::{self, cmdline, BootError, KernelImage};
 use crate::config::{ConfigError, SerialConfig, VmConfig};
 use crate::console::{ConsoleInput, RawTerminal};
 use crate::console_output::{self, OutputSink};
+use crate::console_socket::{self, ConsoleSocketError, SocketConsole};
 use crate::disks::{self, DiskError};
 use crate::host;
 use crate::hypervisor::{self, KvmError};
@@ -55,6 +56,8 @@ pub enum VmmError {
     MpTable(#[from] crate::x86::mptable::MpTableError),
     #[error(transparent)]
     Acpi(#[from] crate::x86::acpi::AcpiError),
+    #[error(transparent)]
+    ConsoleSocket(#[from] ConsoleSocketError),
     #[error(transparent)]
     ConsoleOutput(#[from] crate::console_output::ConsoleOutputError),
     #[error(transparent)]
@@ -378,9 +381,16 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     phase("configuration read");
     check_input_files(config)?;
     // Before any host resource, so a bad --serial path gets its own message.
+    let mut socket_console = None;
     let (output, output_pump) = match &config.serial {
         SerialConfig::Stdio => console_output::to_stdout()?,
         SerialConfig::File(path) => console_output::to_file(path)?,
+        SerialConfig::Socket(path) => {
+            let listener = console_socket::listen(path)?;
+            let (sink, pump, target) = console_output::for_clients()?;
+            socket_console = Some((listener, target));
+            (sink, pump)
+        }
         SerialConfig::Off => console_output::discarded()?,
     };
     let device_count = config.disks.len() + config.nets.len();
@@ -437,15 +447,20 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     vcpu::install_kick_handler().map_err(setup("install the vCPU kick handler"))?;
     let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(VmmError::EventLoop)?;
-    // Only a console on stdio takes input (and a terminal's raw mode).
+    // Only a console on stdio takes input from stdin (and a terminal's raw
+    // mode); one on a socket takes it from the socket's client.
     let terminal = (config.serial == SerialConfig::Stdio).then(RawTerminal::enter);
-    if let Some(terminal) = &terminal {
-        events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
-            devices.serial.clone(),
-            devices.serial_input_space,
-            terminal.is_active(),
-            stop.clone(),
-        ))));
+    let input = ConsoleInput::new(
+        devices.serial.clone(),
+        devices.serial_input_space,
+        terminal.as_ref().is_some_and(RawTerminal::is_active),
+        stop.clone(),
+    );
+    if terminal.is_some() {
+        events.add_subscriber(Arc::new(Mutex::new(input)));
+    } else if let Some((listener, target)) = socket_console {
+        let console = SocketConsole::new(listener, input.without_source(), target);
+        events.add_subscriber(Arc::new(Mutex::new(console)));
     }
     for device in attached {
         events.add_subscriber(Arc::new(Mutex::new(device)));

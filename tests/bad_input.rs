@@ -60,8 +60,12 @@ fn hello() -> String {
 fn bad_console_and_log_options() {
     let kernel = hello();
     assert_refused(
-        &["--kernel", &kernel, "--serial", "socket=/tmp/x"],
-        &["--serial 'socket=/tmp/x' is not known", "file=PATH"],
+        &["--kernel", &kernel, "--serial", "pty"],
+        &["--serial 'pty' is not known", "file=PATH", "socket=PATH"],
+    );
+    assert_refused(
+        &["--kernel", &kernel, "--serial", "socket=/nonexistent-dir/s.sock"],
+        &["--serial socket=/nonexistent-dir/s.sock", "writable directory"],
     );
     assert_refused(
         &[

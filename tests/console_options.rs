@@ -88,3 +88,85 @@ fn log_path_and_log_level_take_the_log_off_stderr() {
     assert_eq!(run.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&quiet).unwrap(), "");
 }
+
+/// Connects to rvmm's console socket, waiting for it to appear.
+fn connect(path: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(LIMIT)).unwrap();
+                return stream;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot connect to {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Reads from `stream` until what was read contains `marker`.
+fn read_until(stream: &mut std::os::unix::net::UnixStream, marker: &str) -> String {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains(marker) {
+        let n = stream.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "waiting for {marker:?}: {e}; got {:?}",
+                String::from_utf8_lossy(&got)
+            )
+        });
+        assert!(
+            n > 0,
+            "socket closed before {marker:?}; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn serial_socket_serves_one_client_at_a_time_with_the_output_it_missed() {
+    use std::io::{Read, Write};
+    require_kvm();
+    let socket = scratch("serial.sock");
+    let _ = std::fs::remove_file(&socket);
+    let kernel = guest("echo", Entry::Linux64);
+    let serial = format!("socket={}", socket.display());
+    let mut vm = common::Console::start(
+        &["--kernel", kernel.to_str().unwrap(), "--serial", &serial],
+        "serial-socket",
+    );
+    // The banner came before anyone connected: the client still gets it.
+    let mut first = connect(&socket);
+    read_until(&mut first, "echo: ready");
+    // A second client is turned away while the first is connected.
+    let mut second = connect(&socket);
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        second.read(&mut byte).unwrap(),
+        0,
+        "second client not closed"
+    );
+    first.write_all(b"typed-by-the-first-client").unwrap();
+    read_until(&mut first, "typed-by-the-first-client");
+    drop(first);
+    // When the first leaves, the next one types to the guest.
+    let mut third = connect(&socket);
+    third.write_all(b"and-by-the-third\x04").unwrap();
+    read_until(&mut third, "echo: bye");
+    let status = vm.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", vm.stderr());
+    assert!(
+        vm.seen.is_empty(),
+        "stdout got console output: {:?}",
+        vm.seen
+    );
+    // The socket file stays; a new rvmm replaces it (it is stale).
+    let run = rvmm(&["--kernel", &hello(), "--serial", &serial], LIMIT);
+    assert_eq!(run.code(), Some(0), "stderr:\n{}", run.stderr);
+}
