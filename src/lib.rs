@@ -20,6 +20,7 @@ pub mod sync;
 pub mod vcpu;
 pub mod virtio_devices;
 pub mod vm;
+pub mod vm_control;
 pub mod vmm;
 pub mod x86;
 

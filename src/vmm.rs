@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
 use rvmm_devices::acpi_power::{AcpiPower, ACPI_POWER_PORT, ACPI_POWER_PORT_LEN};
 use rvmm_devices::boot_timer::{BootTimer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN};
@@ -14,9 +14,7 @@ use rvmm_devices::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use rvmm_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use rvmm_devices::virtio::mmio::MMIO_WINDOW_SIZE;
 use rvmm_devices::{Bus, BusError};
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::timerfd::TimerFd;
 
 use crate::boot::{self, cmdline, BootError, KernelImage};
 use crate::config::{ConfigError, SerialConfig, VmConfig};
@@ -29,10 +27,11 @@ use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::net::{self, NetError};
 use crate::seccomp;
-use crate::signals::{self, StopSignals};
+use crate::signals::StopSignals;
 use crate::vcpu::{self, StartGate, StopError, StopReason, Vcpu, VcpuHandle, VmStop};
 use crate::virtio_devices::{self, AttachError};
 use crate::vm::{Vm, VmError};
+use crate::vm_control::VmControl;
 use crate::x86::acpi::{self, AcpiDevice};
 use crate::x86::regs::{self, EntryMode, RegsError};
 use crate::x86::{cpuid, mptable, paging};
@@ -295,87 +294,6 @@ fn create_vcpus(
         .collect()
 }
 
-/// Turns the VMM's own wake-ups (guest reset or power-off, host signal,
-/// vCPU stop) into a stop request. SIGTERM first asks the guest to shut down
-/// (Ctrl-Alt-Del) and stops it hard only when `stop_timeout` passes, a
-/// second signal comes, or no keyboard driver in the guest could hear it.
-struct VmControl {
-    reset_evt: EventFd,
-    power_off_evt: EventFd,
-    signals: StopSignals,
-    stop: Arc<VmStop>,
-    i8042: Arc<Mutex<I8042>>,
-    stop_timeout: Duration,
-    stop_timer: TimerFd,
-    shutdown_asked: bool,
-}
-
-impl VmControl {
-    fn on_signal(&mut self, signal: i32) {
-        if signal == libc::SIGTERM && !self.shutdown_asked && !self.stop_timeout.is_zero() {
-            if crate::sync::lock(&self.i8042).press_ctrl_alt_del() {
-                match self.stop_timer.reset(self.stop_timeout, None) {
-                    Ok(()) => {
-                        self.shutdown_asked = true;
-                        log::info!(
-                            "SIGTERM: pressed Ctrl-Alt-Del; the guest has {} s to shut down",
-                            self.stop_timeout.as_secs_f64()
-                        );
-                        return;
-                    }
-                    Err(e) => {
-                        log::error!("cannot time the guest's shutdown ({e}); stopping it now")
-                    }
-                }
-            } else {
-                log::info!("SIGTERM: the guest has no keyboard driver to hear Ctrl-Alt-Del; stopping it now");
-            }
-        }
-        log::info!("stopping the VM on signal {signal}");
-        self.stop.request(StopReason::Signal(signal));
-    }
-}
-
-impl MutEventSubscriber for VmControl {
-    fn init(&mut self, ops: &mut EventOps) {
-        for fd in [
-            self.reset_evt.as_raw_fd(),
-            self.power_off_evt.as_raw_fd(),
-            self.signals.evt.as_raw_fd(),
-            self.stop.eventfd().as_raw_fd(),
-            self.stop_timer.as_raw_fd(),
-        ] {
-            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
-                log::error!("cannot watch VM control events: {e:?}");
-            }
-        }
-    }
-
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == self.reset_evt.as_raw_fd() {
-            let _ = self.reset_evt.read();
-            self.stop.request(StopReason::Reset);
-        } else if fd == self.power_off_evt.as_raw_fd() {
-            let _ = self.power_off_evt.read();
-            self.stop.request(StopReason::Shutdown);
-        } else if fd == self.signals.evt.as_raw_fd() {
-            let _ = self.signals.evt.read();
-            let signal = signals::last_signal().unwrap_or(libc::SIGTERM);
-            self.on_signal(signal);
-        } else if fd == self.stop_timer.as_raw_fd() {
-            let _ = self.stop_timer.wait();
-            log::warn!(
-                "the guest did not shut down within {} s of Ctrl-Alt-Del; stopping it",
-                self.stop_timeout.as_secs_f64()
-            );
-            self.stop.request(StopReason::Signal(libc::SIGTERM));
-        } else {
-            let _ = self.stop.eventfd().read();
-        }
-    }
-}
-
 /// Builds the VM described by `config`, runs it until it stops, and returns why.
 pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     phase("configuration read");
@@ -466,18 +384,16 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         events.add_subscriber(Arc::new(Mutex::new(device)));
     }
     events.add_subscriber(output_pump.clone());
-    events.add_subscriber(Arc::new(Mutex::new(VmControl {
-        reset_evt: devices.reset_evt,
-        power_off_evt: devices.power_off_evt,
+    let control = VmControl::new(
+        devices.reset_evt,
+        devices.power_off_evt,
         signals,
-        stop: stop.clone(),
-        i8042: devices.i8042,
-        stop_timeout: config.stop_timeout,
-        stop_timer: TimerFd::new()
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-            .map_err(setup("create a timer"))?,
-        shutdown_asked: false,
-    })));
+        stop.clone(),
+        devices.i8042,
+        config.stop_timeout,
+    )
+    .map_err(setup("create the stop timer"))?;
+    events.add_subscriber(Arc::new(Mutex::new(control)));
 
     phase("first KVM_RUN");
     let _ = first_run.set(Instant::now());

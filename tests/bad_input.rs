@@ -64,8 +64,16 @@ fn bad_console_and_log_options() {
         &["--serial 'pty' is not known", "file=PATH", "socket=PATH"],
     );
     assert_refused(
-        &["--kernel", &kernel, "--serial", "socket=/nonexistent-dir/s.sock"],
-        &["--serial socket=/nonexistent-dir/s.sock", "writable directory"],
+        &[
+            "--kernel",
+            &kernel,
+            "--serial",
+            "socket=/nonexistent-dir/s.sock",
+        ],
+        &[
+            "--serial socket=/nonexistent-dir/s.sock",
+            "writable directory",
+        ],
     );
     assert_refused(
         &[
