@@ -325,6 +325,28 @@ fn bzimage_args(cpus: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Debian's kernel and its initramfs with 512 MiB, then `extra`. The
+/// command line is rvmm's default without `nomodule` (this guest loads its
+/// virtio drivers as modules); the i8042 options keep the keyboard driver
+/// from probing a keyboard that answers no commands, so it takes
+/// Ctrl-Alt-Del at once.
+fn debian_args(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--kernel",
+        path(&guest_image("lab/vmlinuz")),
+        "--initrd",
+        path(&guest_image("lab/debian-initramfs.cpio")),
+        "--mem",
+        "512",
+        "--cmdline",
+        "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -377,25 +399,8 @@ fn user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi() {
         "user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi",
         || {
             let disk = random_disk("user-debian-stop.img", 1, 17);
-            let (kernel, initrd) = (
-                guest_image("lab/vmlinuz"),
-                guest_image("lab/debian-initramfs.cpio"),
-            );
-            let args = [
-                "--kernel",
-                path(&kernel),
-                "--initrd",
-                path(&initrd),
-                "--mem",
-                "512",
-                // rvmm's default without `nomodule`: the i8042 options keep
-                // the keyboard driver from probing a keyboard that answers
-                // no commands, so it takes Ctrl-Alt-Del at once.
-                "--cmdline",
-                "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd",
-                "--disk",
-                path(&disk),
-            ];
+            let args = debian_args(&["--disk", path(&disk)]);
+            let args = strs(&args);
             let marker = b"rvmm-written-before-sigterm";
             let offset = 8 * 512;
 
@@ -461,23 +466,9 @@ fn user_space_debian_kernel_talks_tcp_over_virtio_net() {
         let tap = common::tap::Tap::create("rvmmlab0");
         tap.set_ipv4([10, 0, 2, 1], 24);
         let listener = TcpListener::bind("10.0.2.1:5001").expect("listen on the tap's address");
-        let (kernel, initrd) = (
-            guest_image("lab/vmlinuz"),
-            guest_image("lab/debian-initramfs.cpio"),
-        );
         let net = format!("tap={},mac=06:00:0a:00:02:02", tap.name);
-        let args = [
-            "--kernel",
-            path(&kernel),
-            "--initrd",
-            path(&initrd),
-            "--mem",
-            "512",
-            "--cmdline",
-            "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd",
-            "--net",
-            &net,
-        ];
+        let args = debian_args(&["--net", &net]);
+        let args = strs(&args);
         let mut vm = Console::start(&args, "user-debian-net");
         boot_to_shell(&mut vm, "debian-guest: user space (");
         let (status, out) = vm.run(
