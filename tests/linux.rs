@@ -509,8 +509,25 @@ fn user_space_debian_kernel_talks_tcp_over_virtio_net() {
         // Guest to host: the guest connects and writes, the host listens.
         let from_guest = format!("rvmm-tcp-guest-to-host-{}", std::process::id());
         vm.send(&format!("echo {from_guest} | nc 10.0.2.1 5001\n"));
-        listener.set_nonblocking(false).unwrap();
-        let (connection, peer) = listener.accept().expect("no connection from the guest");
+        // Bounded: a guest that never connects fails the check, not the lab.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + step_limit();
+        let (connection, peer) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no connection from the guest within {:?}; console:\n{}",
+                        step_limit(),
+                        vm.seen.join("\n")
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("accepting the guest's connection: {e}"),
+            }
+        };
+        connection.set_nonblocking(false).unwrap();
         assert_eq!(peer.ip().to_string(), "10.0.2.2");
         connection.set_read_timeout(Some(step_limit())).unwrap();
         let mut line = String::new();
