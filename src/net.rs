@@ -7,8 +7,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use rvmm_devices::virtio::net::Net;
-
 use crate::config::NetConfig;
 
 const TUN_DEVICE: &str = "/dev/net/tun";
@@ -94,11 +92,6 @@ pub fn open_nets(nets: &[NetConfig]) -> Result<Vec<(File, [u8; 6])>, NetError> {
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
-}
-
-/// The device model for an opened tap.
-pub fn device(tap: File, mac: [u8; 6]) -> Net {
-    Net::new(tap, mac)
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use crate::vm_control::VmControl;
 use crate::x86::acpi::{self, AcpiDevice};
 use crate::x86::regs::{self, EntryMode, RegsError};
 use crate::x86::{cpuid, mptable, paging};
-use rvmm_devices::virtio::net::RX_QUEUE;
+use rvmm_devices::virtio::net::{Net, RX_QUEUE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -352,7 +352,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         let tap_fd = tap.as_raw_fd();
         let name = format!("network card {i} (tap {})", config.nets[i].tap);
         let index = config.disks.len() + i;
-        let device = Box::new(net::device(tap, mac));
+        let device = Box::new(Net::new(tap, mac));
         let card = virtio_devices::attach(vm, mem, &mut mmio_bus, index, &name, device)?;
         // The card owns the tap; frames arriving on it go to the receive queue.
         attached.push(card.serve_on_input(tap_fd, RX_QUEUE));

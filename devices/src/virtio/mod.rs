@@ -103,3 +103,19 @@ pub fn check_chain(
     log::debug!("virtio: chain of more than {max_descriptors} descriptors");
     None
 }
+
+/// Writes descriptor `index` of the table at `table`, as a guest driver
+/// would: for the device tests.
+#[cfg(test)]
+pub(crate) fn write_test_descriptor(
+    mem: &GuestMemoryMmap,
+    table: u64,
+    index: u16,
+    (addr, len, flags, next): (u64, u32, u16, u16),
+) {
+    let at = GuestAddress(table + 16 * u64::from(index));
+    mem.write_obj(addr, at).unwrap();
+    mem.write_obj(len, at.unchecked_add(8)).unwrap();
+    mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+    mem.write_obj(next, at.unchecked_add(14)).unwrap();
+}

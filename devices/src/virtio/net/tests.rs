@@ -49,11 +49,12 @@ impl Setup {
     }
 
     fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(DESC_TABLE + 16 * u64::from(index));
-        self.mem.write_obj(addr, at).unwrap();
-        self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-        self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
+        crate::virtio::write_test_descriptor(
+            &self.mem,
+            DESC_TABLE,
+            index,
+            (addr, len, flags, next),
+        );
     }
 
     fn make_available(&mut self, head: u16) {
