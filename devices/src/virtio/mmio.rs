@@ -44,6 +44,9 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_select: u32,
     config_generation: u32,
+    /// The guest reset the device; the device forgets its state on the
+    /// thread that serves the queues, on its next turn.
+    device_reset_pending: bool,
 }
 
 impl MmioTransport {
@@ -76,6 +79,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_select: 0,
             config_generation: 0,
+            device_reset_pending: false,
         })
     }
 
@@ -95,25 +99,33 @@ impl MmioTransport {
     /// Returns true when requests are left for another round (the caller
     /// re-arms the queue's notification).
     pub fn process_queue(&mut self, index: usize) -> bool {
+        if std::mem::take(&mut self.device_reset_pending) {
+            self.device.reset();
+        }
         if !self.is_activated() {
             log::debug!("virtio: notification before the driver is ready; ignored");
             return false;
         }
-        let Some(queue) = self.queues.get_mut(index) else {
-            return false;
-        };
-        if !queue.ready() {
-            return false;
+        match self.queues.get(index) {
+            Some(queue) if queue.ready() => {}
+            _ => return false,
         }
-        if self.queue_misconfigured[index] || !queue.is_valid(&self.mem) {
+        // The device may use any ready queue, not only the one notified.
+        let misconfigured =
+            self.queues.iter().enumerate().find(|(i, q)| {
+                q.ready() && (self.queue_misconfigured[*i] || !q.is_valid(&self.mem))
+            });
+        if let Some((bad, _)) = misconfigured {
             log::debug!(
-                "virtio: queue {index} is misconfigured by the guest; the device needs a reset"
+                "virtio: queue {bad} is misconfigured by the guest; the device needs a reset"
             );
             self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
             self.signal(VIRTIO_MMIO_INT_CONFIG);
             return false;
         }
-        let served = self.device.process_queue(index, queue, &self.mem);
+        let served = self
+            .device
+            .process_queues(index, &mut self.queues, &self.mem);
         if served.notify_guest {
             self.signal(VIRTIO_MMIO_INT_VRING);
         }
@@ -128,7 +140,6 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        self.device.reset();
         for q in &mut self.queues {
             q.reset();
         }
@@ -142,6 +153,13 @@ impl MmioTransport {
         self.driver_features_select = 0;
         self.driver_features = 0;
         self.queue_select = 0;
+        // The device forgets its driver's state where its queues are served
+        // (it may hold host resources, such as vsock's connections): that
+        // thread is woken for it.
+        self.device_reset_pending = true;
+        if let Some(evt) = self.queue_evts.first() {
+            let _ = evt.write(1);
+        }
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {

@@ -6,7 +6,7 @@ pub mod mmio;
 pub mod net;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 /// Guest memory as the devices see it.
@@ -48,7 +48,24 @@ pub trait VirtioDevice: Send {
     /// about [`BYTES_PER_NOTIFICATION`] of data, on `queue`, so that a guest keeping its queue full cannot hold the event
     /// loop (which also handles stop signals) for ever.
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Served;
-    /// Forgets per-driver state: the guest reset the device.
+    /// Serves a notification of queue `index` with every queue at hand (the
+    /// transport has checked that each ready one is set up right; one that
+    /// is not ready must not be used). A device whose queues depend on each
+    /// other (vsock answers transmitted packets on its receive queue)
+    /// overrides it; the same budget holds.
+    fn process_queues(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> Served {
+        match queues.get_mut(index) {
+            Some(queue) if queue.ready() => self.process_queue(index, queue, mem),
+            _ => Served::default(),
+        }
+    }
+    /// Forgets per-driver state: the guest reset the device. Called on the
+    /// thread that serves the queues, so it may close host resources.
     fn reset(&mut self) {}
 }
 

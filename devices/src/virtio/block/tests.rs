@@ -619,6 +619,11 @@ fn reset_in_the_middle_of_io_stops_it_and_allows_reinitialization() {
     reg_write(&mut d.t, VIRTIO_MMIO_STATUS, 0);
     assert_eq!(reg_read(&mut d.t, VIRTIO_MMIO_STATUS), 0);
     assert_eq!(reg_read(&mut d.t, VIRTIO_MMIO_QUEUE_READY), 0);
+    assert_eq!(
+        d.t.queue_evts()[0].read().unwrap(),
+        1,
+        "a reset wakes the thread that serves the queues, where the device forgets its state"
+    );
     d.t.process_queue(0);
     assert_eq!(
         d.file(),
