@@ -4,6 +4,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
