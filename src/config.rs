@@ -39,6 +39,56 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// Network cards, after the disks in the device order.
     pub nets: Vec<NetConfig>,
+    /// The vsock device, after the cards.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// One `--vsock cid=N,uds=PATH`: the guest's context ID, and the Unix
+/// socket where host programs connect (guest connections to host port P
+/// go to `PATH_P`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub cid: u32,
+    pub uds: PathBuf,
+}
+
+/// `PATH_P` must fit a socket address for every port P.
+const MAX_VSOCK_PATH: usize =
+    rvmm_devices::virtio::vsock::muxer::MAX_SOCKET_PATH - "_4294967295".len();
+
+impl std::str::FromStr for VsockConfig {
+    type Err = ConfigError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (mut cid, mut uds) = (None, None);
+        for option in split_options(spec) {
+            match option.split_once('=') {
+                Some(("cid", text)) => {
+                    let min = rvmm_devices::virtio::vsock::MIN_GUEST_CID;
+                    cid = Some(
+                        text.parse::<u32>()
+                            .ok()
+                            .filter(|&c| c >= min && c != u32::MAX)
+                            .ok_or_else(|| ConfigError::VsockCid(text.to_string()))?,
+                    );
+                }
+                Some(("uds", path)) if !path.is_empty() => {
+                    if path.len() > MAX_VSOCK_PATH {
+                        return Err(ConfigError::VsockPathTooLong {
+                            path: path.to_string(),
+                            max: MAX_VSOCK_PATH,
+                        });
+                    }
+                    uds = Some(PathBuf::from(path));
+                }
+                _ => return Err(ConfigError::VsockOption(option)),
+            }
+        }
+        match (cid, uds) {
+            (Some(cid), Some(uds)) => Ok(VsockConfig { cid, uds }),
+            _ => Err(ConfigError::VsockIncomplete),
+        }
+    }
 }
 
 /// One `--net tap=NAME[,mac=MAC][,id=STR]`.
@@ -189,7 +239,9 @@ pub enum ConfigError {
     DiskOption(String),
     #[error("--serial '{0}' is not known; use --serial stdio, file=PATH, socket=PATH or off")]
     Serial(String),
-    #[error("{given} disks and network cards given; rvmm supports at most {max} devices")]
+    #[error(
+        "{given} disks, network cards and vsock devices given; rvmm supports at most {max} devices"
+    )]
     TooManyDevices { given: usize, max: usize },
     #[error("--net needs a tap: --net tap=NAME[,mac=MAC][,id=STR]")]
     NetWithoutTap,
@@ -199,6 +251,14 @@ pub enum ConfigError {
     TapName(String),
     #[error("MAC address '{0}' is not a unicast address written as aa:bb:cc:dd:ee:ff")]
     Mac(String),
+    #[error("--vsock needs both: --vsock cid=N,uds=PATH")]
+    VsockIncomplete,
+    #[error("--vsock option '{0}' is not known; use --vsock cid=N,uds=PATH")]
+    VsockOption(String),
+    #[error("--vsock cid={0} is not a guest context ID; use a number from 3 to 4294967294")]
+    VsockCid(String),
+    #[error("--vsock uds={path} is longer than {max} bytes, too long for the sockets rvmm makes from it (PATH_PORT); give a shorter path")]
+    VsockPathTooLong { path: String, max: usize },
 }
 
 impl VmConfig {
@@ -218,6 +278,7 @@ impl VmConfig {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             serial: SerialConfig::Stdio,
             nets: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -366,6 +427,45 @@ mod tests {
                 Err(ConfigError::Mac(bad.into()))
             );
         }
+    }
+
+    #[test]
+    fn vsock_specs() {
+        let parsed: VsockConfig = "cid=3,uds=/tmp/v.sock".parse().unwrap();
+        assert_eq!(
+            parsed,
+            VsockConfig {
+                cid: 3,
+                uds: "/tmp/v.sock".into()
+            }
+        );
+        let comma: VsockConfig = "uds=a,,b,cid=4294967294".parse().unwrap();
+        assert_eq!((comma.cid, comma.uds), (u32::MAX - 1, "a,b".into()));
+        for (spec, error) in [
+            ("cid=3", ConfigError::VsockIncomplete),
+            ("uds=/tmp/v", ConfigError::VsockIncomplete),
+            ("cid=2,uds=v", ConfigError::VsockCid("2".into())),
+            (
+                "cid=4294967295,uds=v",
+                ConfigError::VsockCid("4294967295".into()),
+            ),
+            ("cid=x,uds=v", ConfigError::VsockCid("x".into())),
+            (
+                "cid=3,uds=v,port=1",
+                ConfigError::VsockOption("port=1".into()),
+            ),
+            ("cid=3,uds=", ConfigError::VsockOption("uds=".into())),
+        ] {
+            assert_eq!(spec.parse::<VsockConfig>(), Err(error), "{spec}");
+        }
+        let long = format!("cid=3,uds={}", "x".repeat(97));
+        assert!(matches!(
+            long.parse::<VsockConfig>(),
+            Err(ConfigError::VsockPathTooLong { max: 96, .. })
+        ));
+        assert!(format!("cid=3,uds={}", "x".repeat(96))
+            .parse::<VsockConfig>()
+            .is_ok());
     }
 
     #[test]

@@ -4,59 +4,17 @@
 //! client is turned away while the first is connected; when a client
 //! leaves, the next may connect.
 //!
-//! The socket file stays after rvmm exits (its seccomp filter allows no
-//! unlink); a later rvmm replaces a stale one that nobody listens on.
+//! The socket is bound by `unix_listener::listen`, before the VM is built.
 
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::console::ConsoleInput;
 use crate::console_output::OutputTarget;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConsoleSocketError {
-    #[error("--serial socket={path}: another process listens there; give another path")]
-    InUse { path: PathBuf },
-    #[error("--serial socket={path}: {source}; give a path in a writable directory")]
-    Bind {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// Binds the listening socket at `path`, replacing a stale socket file.
-pub fn listen(path: &Path) -> Result<UnixListener, ConsoleSocketError> {
-    let bind_error = |source| ConsoleSocketError::Bind {
-        path: path.to_path_buf(),
-        source,
-    };
-    let listener = match UnixListener::bind(path) {
-        Err(e) if e.kind() == ErrorKind::AddrInUse => {
-            let is_socket = std::fs::metadata(path)
-                .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                .unwrap_or(false);
-            if !is_socket {
-                return Err(bind_error(e));
-            }
-            if UnixStream::connect(path).is_ok() {
-                return Err(ConsoleSocketError::InUse {
-                    path: path.to_path_buf(),
-                });
-            }
-            log::info!("replacing the stale socket {}", path.display());
-            std::fs::remove_file(path).map_err(bind_error)?;
-            UnixListener::bind(path).map_err(bind_error)?
-        }
-        other => other.map_err(bind_error)?,
-    };
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    Ok(listener)
-}
 
 /// O_NONBLOCK through fcntl: std's `set_nonblocking` is an ioctl (FIONBIO),
 /// which the event loop's seccomp filter does not allow.

@@ -17,11 +17,13 @@ pub mod net;
 pub mod seccomp;
 pub mod signals;
 pub mod sync;
+pub mod unix_listener;
 pub mod vcpu;
 pub mod virtio_devices;
 pub mod vm;
 pub mod vm_control;
 pub mod vmm;
+pub mod vsock;
 pub mod x86;
 
 pub use config::VmConfig;

@@ -63,6 +63,14 @@ struct Cli {
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,id=STR]")]
     nets: Vec<String>,
 
+    /// A virtio-vsock device for guest context ID N, as Firecracker's: a
+    /// host program connects to the Unix socket PATH (rvmm listens there)
+    /// and writes "CONNECT <port>\n" to reach the guest's port, then reads
+    /// "OK <host port>\n"; a guest connection to the host (CID 2) port P
+    /// goes to the socket PATH_P, where a host program listens.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<String>,
+
     /// Enable the boot timer: when the guest writes 123 to the byte at
     /// 0xd0000000 (as Firecracker's), log at info level the time since rvmm
     /// started (wall and CPU) and since the guest first ran.
@@ -199,6 +207,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let vsock = match cli.vsock.as_deref().map(str::parse).transpose() {
+        Ok(vsock) => vsock,
+        Err(e) => {
+            eprintln!("rvmm: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = VmConfig {
         kernel: cli.kernel,
         initrd: cli.initrd,
@@ -213,6 +228,7 @@ fn main() -> ExitCode {
         stop_timeout,
         serial,
         nets,
+        vsock,
     };
     match rvmm::run(&config) {
         Ok(reason) => {

@@ -90,7 +90,25 @@ const VMM_ONLY: &[i64] = &[
     // Taking a --serial socket's clients, and seeing whether one left.
     libc::SYS_accept4,
     libc::SYS_recvfrom,
+    // vsock: connecting to PATH_PORT for a guest (socket() itself is
+    // allowed for Unix sockets only, below), writing a stream (std sends
+    // with MSG_NOSIGNAL), half-closing one.
+    libc::SYS_connect,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
 ];
+
+/// socket(2) for the VMM thread: Unix domain only.
+fn unix_socket_rule() -> SeccompRule {
+    let domain = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_UNIX as u64,
+    )
+    .expect("argument 0 exists");
+    SeccompRule::new(vec![domain]).expect("one condition is a valid rule")
+}
 
 fn ioctl_rule(request: u64) -> SeccompRule {
     let condition = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
@@ -104,6 +122,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let ioctls = match kind {
         ThreadKind::Vmm => {
             rules.extend(VMM_ONLY.iter().map(|s| (*s, vec![])));
+            rules.insert(libc::SYS_socket, vec![unix_socket_rule()]);
             // Terminal settings, put back when the VM stops.
             vec![ioctl_rule(libc::TCGETS), ioctl_rule(libc::TCSETS)]
         }

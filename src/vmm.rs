@@ -20,7 +20,7 @@ use crate::boot::{self, cmdline, BootError, KernelImage};
 use crate::config::{ConfigError, SerialConfig, VmConfig};
 use crate::console::{ConsoleInput, RawTerminal};
 use crate::console_output::{self, OutputSink};
-use crate::console_socket::{self, ConsoleSocketError, SocketConsole};
+use crate::console_socket::SocketConsole;
 use crate::disks::{self, DiskError};
 use crate::host;
 use crate::hypervisor::{self, KvmError};
@@ -32,6 +32,7 @@ use crate::vcpu::{self, StartGate, StopError, StopReason, Vcpu, VcpuHandle, VmSt
 use crate::virtio_devices::{self, AttachError};
 use crate::vm::{Vm, VmError};
 use crate::vm_control::VmControl;
+use crate::vsock;
 use crate::x86::acpi::{self, AcpiDevice};
 use crate::x86::regs::{self, EntryMode, RegsError};
 use crate::x86::{cpuid, mptable, paging};
@@ -56,7 +57,9 @@ pub enum VmmError {
     #[error(transparent)]
     Acpi(#[from] crate::x86::acpi::AcpiError),
     #[error(transparent)]
-    ConsoleSocket(#[from] ConsoleSocketError),
+    Listen(#[from] crate::unix_listener::ListenError),
+    #[error(transparent)]
+    Vsock(#[from] crate::vsock::VsockError),
     #[error(transparent)]
     ConsoleOutput(#[from] crate::console_output::ConsoleOutputError),
     #[error(transparent)]
@@ -304,14 +307,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         SerialConfig::Stdio => console_output::to_stdout()?,
         SerialConfig::File(path) => console_output::to_file(path)?,
         SerialConfig::Socket(path) => {
-            let listener = console_socket::listen(path)?;
+            let listener = crate::unix_listener::listen(path, "--serial socket")?;
             let (sink, pump, target) = console_output::for_clients()?;
             socket_console = Some((listener, target));
             (sink, pump)
         }
         SerialConfig::Off => console_output::discarded()?,
     };
-    let device_count = config.disks.len() + config.nets.len();
+    let device_count = config.disks.len() + config.nets.len() + usize::from(config.vsock.is_some());
     if device_count > virtio_devices::MAX_DEVICES {
         return Err(ConfigError::TooManyDevices {
             given: device_count,
@@ -321,6 +324,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     }
     let blocks = disks::open_disks(&config.disks)?;
     let taps = net::open_nets(&config.nets)?;
+    let vsock = config.vsock.as_ref().map(vsock::open_vsock).transpose()?;
     let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
 
     let kvm = hypervisor::open_kvm()?;
@@ -356,6 +360,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         let card = virtio_devices::attach(vm, mem, &mut mmio_bus, index, &name, device)?;
         // The card owns the tap; frames arriving on it go to the receive queue.
         attached.push(card.serve_on_input(tap_fd, RX_QUEUE));
+    }
+    if let Some(vsock) = vsock {
+        let host_fd = vsock.host_events_fd();
+        let index = config.disks.len() + config.nets.len();
+        let device =
+            virtio_devices::attach(vm, mem, &mut mmio_bus, index, "vsock", Box::new(vsock))?;
+        // Host connections and their data are served with the receive queue.
+        attached.push(device.serve_on_input(host_fd, vsock::RX_QUEUE));
     }
     let mmio_bus = Arc::new(mmio_bus);
     let vcpus = create_vcpus(&kvm, vm, config, kernel.entry, io_bus, mmio_bus)?;

@@ -53,8 +53,10 @@ fn no_seccomp_turns_the_filters_off_with_a_warning() {
 /// The system call a child process makes after installing a filter.
 #[derive(Clone, Copy, Debug)]
 enum Call {
-    /// socket(2): no rvmm thread may open anything.
+    /// socket(AF_INET): no rvmm thread may open a network socket.
     Socket,
+    /// socket(AF_UNIX): vsock's connections for the guest, the event loop's alone.
+    UnixSocket,
     /// pwrite64(2) to /dev/null: disk I/O, the event loop's alone.
     Pwrite,
     /// ioctl(TCGETS) on stdin: terminal settings, the event loop's alone.
@@ -75,6 +77,7 @@ fn call_in_child(kind: rvmm::seccomp::ThreadKind, call: Call) -> ! {
     unsafe {
         match call {
             Call::Socket => drop(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0)),
+            Call::UnixSocket => drop(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)),
             Call::Pwrite => drop(libc::pwrite(fd, b"x".as_ptr().cast(), 1, 0)),
             Call::TerminalIoctl => {
                 let mut t: libc::termios = std::mem::zeroed();
@@ -108,6 +111,8 @@ fn each_thread_kind_is_killed_for_what_it_may_not_do() {
     use rvmm::seccomp::ThreadKind::{Vcpu, Vmm};
     let cases = [
         (Vmm, Call::Socket, false),
+        (Vmm, Call::UnixSocket, true),
+        (Vcpu, Call::UnixSocket, false),
         (Vmm, Call::Pwrite, true),
         (Vcpu, Call::Pwrite, false),
         (Vcpu, Call::TerminalIoctl, false),
