@@ -4,7 +4,8 @@
 # an ordinary /dev/kvm, and rvmm runs its Linux guests (L2) inside it.
 #   vmlinuz                 Debian's distribution kernel: L1's kernel, and a guest kernel
 #   l1.cpio                 L1's initramfs: busybox, lab/l1-init, the KVM modules
-#   debian-initramfs.cpio   initramfs for Debian's kernel as a guest: busybox, virtio modules
+#   debian-initramfs.cpio   initramfs for Debian's kernel as a guest: busybox, virtio and
+#                           vsock modules, lab/vsock.c (built here, static)
 # Installs qemu-system-x86; takes the kernel from Debian's linux-image-amd64
 # with `apt-get download` (the host's /boot is not touched). Cached by a hash
 # of the inputs in $RVMM_CACHE_DIR. Prints the cache directory.
@@ -12,7 +13,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 
-ensure_packages qemu-system-x86:/usr/bin/qemu-system-x86_64 busybox-static:/bin/busybox cpio:/bin/cpio
+ensure_packages qemu-system-x86:/usr/bin/qemu-system-x86_64 busybox-static:/bin/busybox cpio:/bin/cpio \
+    gcc:/usr/bin/gcc libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a
 
 # The versioned package behind linux-image-amd64, e.g. linux-image-6.1.0-56-amd64.
 kernel_package() {
@@ -29,9 +31,10 @@ fi
 package_version="$(apt-cache show "$package" | awk '/^Version:/ { print $2; exit }')"
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 # Bump when a change to this script changes what it builds (not for messages).
-recipe=2
-hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$here/initramfs/stop-signals" "$package=$package_version" \
-    "busybox-static=$busybox_version" "recipe=$recipe")"
+recipe=3
+gcc_version="$(dpkg-query -W -f='${Version}' gcc libc6-dev | tr '\n' ' ')"
+hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$here/initramfs/stop-signals" "$here/lab/vsock.c" \
+    "$package=$package_version" "busybox-static=$busybox_version" "gcc=$gcc_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/lab-$hash"
 cached lab "$dest" vmlinuz l1.cpio debian-initramfs.cpio && exit 0
 
@@ -76,7 +79,11 @@ mkdir -p "$guest/modules"
 cp "$modules/drivers/virtio/virtio_ring.ko" "$modules/drivers/virtio/virtio.ko" \
     "$modules/drivers/virtio/virtio_mmio.ko" "$modules/drivers/block/virtio_blk.ko" \
     "$modules/net/core/failover.ko" "$modules/drivers/net/net_failover.ko" \
-    "$modules/drivers/net/virtio_net.ko" "$guest/modules/"
+    "$modules/drivers/net/virtio_net.ko" "$modules/net/vmw_vsock/vsock.ko" \
+    "$modules/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko" \
+    "$modules/net/vmw_vsock/vmw_vsock_virtio_transport.ko" "$guest/modules/"
+gcc -static -O2 -Wall -Werror -o "$guest/bin/vsock" "$here/lab/vsock.c" \
+    || die "could not build lab/vsock.c (needs gcc and libc6-dev)"
 make_cpio "$guest" "$dest.tmp/debian-initramfs.cpio"
 echo "$package $package_version" > "$dest.tmp/VERSION"
 publish lab "$dest"

@@ -211,6 +211,7 @@ const USER_SPACE_CHECKS: &[&str] = &[
     "user_space_poweroff_and_reboot_as_typed_end_rvmm_with_0",
     "user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi",
     "user_space_debian_kernel_talks_tcp_over_virtio_net",
+    "user_space_debian_kernel_talks_over_vsock_both_ways",
 ];
 
 /// Runs `check` where user space can run: here on a hardware-virtualized
@@ -539,6 +540,139 @@ fn user_space_debian_kernel_talks_tcp_over_virtio_net() {
         reboot_and_expect_status_0(&mut vm);
         eprintln!("Debian's kernel on virtio-net: MAC as given, ping and TCP both ways with L1 through a tap");
     });
+}
+
+/// A host connection to guest vsock port `port` through rvmm's socket
+/// `uds` (Firecracker's `CONNECT <port>`), retried while the guest refuses
+/// (its listener may still be starting).
+fn vsock_connect(uds: &Path, port: u32) -> std::io::BufReader<std::os::unix::net::UnixStream> {
+    use std::io::{BufRead, Write};
+    let deadline = std::time::Instant::now() + step_limit();
+    loop {
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(uds).expect("connect to rvmm's vsock socket");
+        stream.set_read_timeout(Some(step_limit())).unwrap();
+        writeln!(stream, "CONNECT {port}").unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut answer = String::new();
+        let _ = reader.read_line(&mut answer);
+        if answer.starts_with("OK ") {
+            return reader;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest never accepted vsock port {port} (last answer {answer:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn user_space_debian_kernel_talks_over_vsock_both_ways() {
+    user_space(
+        "user_space_debian_kernel_talks_over_vsock_both_ways",
+        || {
+            use std::io::{BufRead, Read, Write};
+            use std::os::unix::net::UnixListener;
+
+            let uds = scratch("lab.vsock");
+            let _ = std::fs::remove_file(&uds);
+            let vsock = format!("cid=3,uds={}", path(&uds));
+            let args = debian_args(&["--vsock", &vsock]);
+            let mut vm = Console::start(&strs(&args), "user-debian-vsock");
+            boot_to_shell(&mut vm, "debian-guest: user space (");
+            let (status, out) = vm.run("ls /dev/vsock", step_limit());
+            assert_eq!((status, out), (0, vec!["/dev/vsock".to_string()]));
+
+            // Host to guest: 1 MiB into a guest listener, checked by the guest.
+            let blob = pseudo_random_bytes(MIB, 21);
+            let blob_path = scratch("vsock-to-guest.bin");
+            std::fs::write(&blob_path, &blob).unwrap();
+            let (status, _) = vm.run(
+                "( (vsock listen 5000 > /tmp/from-host; echo $? > /tmp/listen-done) & )",
+                step_limit(),
+            );
+            assert_eq!(status, 0);
+            let mut to_guest = vsock_connect(&uds, 5000);
+            to_guest.get_mut().write_all(&blob).unwrap();
+            drop(to_guest);
+            let (_, out) = vm.run(
+            "for i in $(seq 1 60); do [ -s /tmp/listen-done ] && break; sleep 1; done; cat /tmp/listen-done; sha256sum /tmp/from-host",
+            step_limit(),
+        );
+            assert_eq!(
+                out.first().map(String::as_str),
+                Some("0"),
+                "vsock listen: {out:?}"
+            );
+            assert_eq!(
+                out.get(1).and_then(|l| l.split_whitespace().next()),
+                Some(sha256(&blob_path).as_str()),
+                "what the guest received differs from what the host sent: {out:?}"
+            );
+
+            // Both ways on one host connection: the guest echoes a line.
+            let (status, _) = vm.run("( vsock echo 5001 >/dev/null 2>&1 & )", step_limit());
+            assert_eq!(status, 0);
+            let mut echo = vsock_connect(&uds, 5001);
+            let line = format!("rvmm-vsock-echo-{}", std::process::id());
+            writeln!(echo.get_mut(), "{line}").unwrap();
+            let mut back = String::new();
+            echo.read_line(&mut back).expect("the guest's echo");
+            assert_eq!(back.trim_end(), line);
+            drop(echo);
+
+            // Guest to host: 1 MiB to a host listener on UDS_5002, which answers.
+            let mut listen_path = uds.as_os_str().to_owned();
+            listen_path.push("_5002");
+            let listener = UnixListener::bind(&listen_path).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let limit = step_limit();
+            let host = std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + limit;
+                let mut stream = loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => break stream,
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(e) => return Err(format!("no guest connection: {e}")),
+                    }
+                };
+                stream.set_nonblocking(false).unwrap();
+                stream.set_read_timeout(Some(limit)).unwrap();
+                let mut got = Vec::new();
+                stream
+                    .read_to_end(&mut got)
+                    .map_err(|e| format!("reading the guest's data: {e}"))?;
+                stream.write_all(b"rvmm-vsock-host-reply\n").unwrap();
+                Ok(got)
+            });
+            let (status, out) = vm.run(
+                "head -c 1048576 /dev/urandom > /tmp/blob && sha256sum /tmp/blob",
+                step_limit(),
+            );
+            assert_eq!(status, 0, "{out:?}");
+            let guest_sum = out[0].split_whitespace().next().unwrap().to_string();
+            let (status, out) = vm.run("vsock connect 2 5002 < /tmp/blob", step_limit());
+            let received = host.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                (status, out),
+                (0, vec!["rvmm-vsock-host-reply".to_string()]),
+                "the guest's connection should end with the host's answer"
+            );
+            let received_path = scratch("vsock-from-guest.bin");
+            std::fs::write(&received_path, &received).unwrap();
+            assert_eq!(received.len(), MIB);
+            assert_eq!(
+                sha256(&received_path),
+                guest_sum,
+                "what the host received differs from what the guest sent"
+            );
+            reboot_and_expect_status_0(&mut vm);
+            eprintln!("Debian's kernel on virtio-vsock: 1 MiB host to guest, an echo both ways, 1 MiB guest to host and the host's answer, through Firecracker's CONNECT and PATH_PORT sockets");
+        },
+    );
 }
 
 #[test]
