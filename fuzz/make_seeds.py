@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed inputs of the block_request fuzz target (one well-formed
-request of each type) and of net_queues (a frame to send and receive
-buffers), laid out as the targets expect (see their headers)."""
+request of each type), of net_queues (a frame to send and receive
+buffers) and of vsock_queues (a guest REQUEST and RW, receive buffers),
+laid out as the targets expect (see their headers)."""
 import os
 import struct
 
@@ -63,3 +64,34 @@ out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "net_qu
 os.makedirs(out, exist_ok=True)
 with open(os.path.join(out, "frame_each_way"), "wb") as f:
     f.write(net_seed())
+
+
+def vsock_seed():
+    """Receive buffers at 0x1000..; a REQUEST to host port 5000 and data."""
+    rx_desc, rx_avail, rx_used = 0x100, 0x200, 0x300
+    tx_desc, tx_avail, tx_used = 0x400, 0x500, 0x600
+    mem = bytearray(0x3000)
+    for i in range(4):
+        struct.pack_into("<QIHH", mem, rx_desc + 16 * i, 0x1000 + 0x400 * i, 0x400, WRITE, 0)
+    struct.pack_into("<HH4H", mem, rx_avail, 0, 4, 0, 1, 2, 3)
+
+    def packet(at, op, payload=b""):
+        # src_cid, dst_cid, src_port, dst_port, len, type, op, flags, buf_alloc, fwd_cnt
+        struct.pack_into("<QQIIIHHIII", mem, at, 3, 2, 1024, 5000, len(payload), 1, op, 0, 65536, 0)
+        mem[at + 44:at + 44 + len(payload)] = payload
+        return 44 + len(payload)
+
+    struct.pack_into("<QIHH", mem, tx_desc, 0x2000, packet(0x2000, 1), 0, 0)
+    struct.pack_into("<QIHH", mem, tx_desc + 16, 0x2400, packet(0x2400, 5, b"hello\n"), 0, 0)
+    struct.pack_into("<HH2H", mem, tx_avail, 0, 2, 0, 1)
+    head = struct.pack("<HIII", 8, rx_desc, rx_avail, rx_used)
+    head += struct.pack("<HIII", 8, tx_desc, tx_avail, tx_used) + bytes([2])
+    # Notify the transmit queue, then a host program connects to port 6000.
+    ops = struct.pack("<BI", 0x50 // 4, 1 | (1 << 8)) + struct.pack("<BI", 0x50 // 4, 6000 << 24 & 0xffffffff)
+    return head + ops + bytes(mem)
+
+
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "vsock_queues")
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "request_and_data"), "wb") as f:
+    f.write(vsock_seed())
