@@ -123,8 +123,13 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Vmm => {
             rules.extend(VMM_ONLY.iter().map(|s| (*s, vec![])));
             rules.insert(libc::SYS_socket, vec![unix_socket_rule()]);
-            // Terminal settings, put back when the VM stops.
-            vec![ioctl_rule(libc::TCGETS), ioctl_rule(libc::TCSETS)]
+            // Terminal settings, put back when the VM stops; a tap's
+            // offloads, set when its guest has negotiated them.
+            vec![
+                ioctl_rule(libc::TCGETS),
+                ioctl_rule(libc::TCSETS),
+                ioctl_rule(crate::net::TUNSETOFFLOAD()),
+            ]
         }
         ThreadKind::Vcpu => vec![ioctl_rule(KVM_RUN()), ioctl_rule(KVM_GET_REGS())],
     };

@@ -353,10 +353,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     }
     let mut attached = disks::attach_disks(vm, mem, &mut mmio_bus, blocks)?;
     for (i, (tap, mac)) in taps.into_iter().enumerate() {
-        let tap_fd = tap.as_raw_fd();
+        let tap_fd = tap.file.as_raw_fd();
         let name = format!("network card {i} (tap {})", config.nets[i].tap);
         let index = config.disks.len() + i;
-        let device = Box::new(Net::new(tap, mac));
+        let device = Box::new(Net::new(tap.file, mac, tap.set_offloads));
         let card = virtio_devices::attach(vm, mem, &mut mmio_bus, index, &name, device)?;
         // The card owns the tap; frames arriving on it go to the receive queue.
         attached.push(card.serve_on_input(tap_fd, RX_QUEUE));

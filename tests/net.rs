@@ -134,6 +134,17 @@ fn frames_cross_the_tap_both_ways() {
         &["--kernel", kernel.to_str().unwrap(), "--net", &net],
         "net",
     );
+    // On a real tap the offloads are offered: checksums (CSUM 0, GUEST_CSUM
+    // 1) and TCP segmentation both ways (GUEST_TSO4 7, HOST_TSO4 11).
+    let line = vm.expect("net: features 0x", LIMIT);
+    let features = u64::from_str_radix(line.rsplit("0x").next().unwrap(), 16).unwrap();
+    for bit in [0, 1, 7, 8, 11, 12] {
+        assert_ne!(
+            features & (1 << bit),
+            0,
+            "feature bit {bit} not offered: {line}"
+        );
+    }
     let line = vm.expect("net: mac ", LIMIT);
     assert!(
         line.ends_with(mac),

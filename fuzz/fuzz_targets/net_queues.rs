@@ -59,7 +59,9 @@ fuzz_target!(|data: &[u8]| {
     device_end.set_nonblocking(true).unwrap();
     host.set_nonblocking(true).unwrap();
     let tap = std::fs::File::from(std::os::fd::OwnedFd::from(device_end));
-    let net = Net::new(tap, [6, 0, 0, 0, 0, 1]);
+    // With offloads, so that the guest may negotiate them and the tap's
+    // headers are checked against what it took.
+    let net = Net::new(tap, [6, 0, 0, 0, 0, 1], Some(Box::new(|_| Ok(()))));
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut t = MmioTransport::new(Box::new(net), mem, irq).unwrap();
 
@@ -82,7 +84,12 @@ fuzz_target!(|data: &[u8]| {
         write_reg(&mut t, offset, value);
         let mut sink = [0u8; 4];
         t.read(offset, &mut sink);
-        let _ = host.send(&vec![0x5a; (value % 2048) as usize]);
+        // A header of guest-chosen flags and GSO type, then the frame.
+        let mut frame = vec![0x5a; (value % 2048) as usize];
+        if let Some(header) = frame.get_mut(..2) {
+            header.copy_from_slice(&[op[1] & 1, op[2]]);
+        }
+        let _ = host.send(&frame);
         serve(&mut t);
         while host.recv(&mut drain).is_ok() {}
     }

@@ -2,7 +2,8 @@
  * window. Prints the card's MAC, broadcasts one frame of EtherType 0x88b5
  * (for local experiments) whose payload is "rvmm-net-guest-to-host", then
  * prints the payload of every 0x88b5 frame it receives ("net: received
- * ..."). A received payload "rvmm-net-quit" resets the VM. */
+ * ..."). A received payload "rvmm-net-quit" resets the VM. It prints the
+ * device's feature bits 0-31 first and takes none but MAC (and VERSION_1). */
 #include "guest.h"
 #include "virtio_mmio.h"
 
@@ -69,6 +70,9 @@ void guest_main(int kind, u64 info) {
     REG(BASE, STATUS) = S_ACK | S_DRIVER;
     REG(BASE, DEVICE_FEATURES_SEL) = 0;
     u32 features = REG(BASE, DEVICE_FEATURES);
+    put_str("net: features ");
+    put_hex(features);
+    put_char('\n');
     REG(BASE, DRIVER_FEATURES_SEL) = 0;
     REG(BASE, DRIVER_FEATURES) = features & F_MAC;
     REG(BASE, DRIVER_FEATURES_SEL) = 1;

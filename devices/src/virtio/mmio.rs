@@ -205,6 +205,9 @@ impl MmioTransport {
             return;
         }
         self.status = value;
+        if adds & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.device.activate(self.driver_features);
+        }
     }
 
     fn read_register(&self, offset: u32) -> u32 {

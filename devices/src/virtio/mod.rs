@@ -65,6 +65,10 @@ pub trait VirtioDevice: Send {
             _ => Served::default(),
         }
     }
+    /// The driver has set the device up (DRIVER_OK) with `features`. Called
+    /// on a vCPU thread: a device records what it needs and acts on it when
+    /// it next serves a queue.
+    fn activate(&mut self, _features: u64) {}
     /// Forgets per-driver state: the guest reset the device. Called on the
     /// thread that serves the queues, so it may close host resources.
     fn reset(&mut self) {}

@@ -1,13 +1,18 @@
 //! virtio-net over a tap device: each frame the guest sends is written to
 //! the tap, each frame read from the tap goes into the next receive buffer
 //! the guest posted. Any descriptor that carries one Ethernet frame per
-//! read and write will do (a tap opened with IFF_TAP | IFF_NO_PI, or a
-//! datagram socket in the tests); it must be non-blocking.
+//! read and write, behind the 12-byte virtio-net header, will do (a tap
+//! opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a header size of 12,
+//! or a datagram socket in the tests); it must be non-blocking.
 //!
-//! No offloads are offered, so every frame fits the MTU and the 12-byte
-//! virtio-net header carries nothing: it is dropped on the way out and
-//! written as zeros (with num_buffers = 1) on the way in. A frame the tap
-//! cannot take at once is dropped, as a NIC with a full queue would.
+//! The header passes through both ways, so checksum and segmentation
+//! offloads work end to end where the tap allows them: the guest may send
+//! partially checksummed frames and TSO segments of up to 64 KiB (the host
+//! kernel finishes them), and, once it has negotiated GUEST_CSUM and
+//! GUEST_TSO, the tap is told (on the event loop, through `SetOffloads`) to
+//! hand it such frames too. A frame from the tap that needs an offload the
+//! guest did not take is dropped. A frame the tap cannot take at once is
+//! dropped, as a NIC with a full queue would.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -26,15 +31,42 @@ pub const TX_QUEUE: usize = 1;
 pub const QUEUE_SIZE: u16 = 256;
 /// `struct virtio_net_hdr_v1`: what precedes every frame in a buffer.
 pub const NET_HDR_LEN: usize = 12;
-/// The largest frame either way: no offloads, so an MTU of at most 64 KiB.
-pub const MAX_FRAME_LEN: usize = 65535;
+/// The largest frame either way: a 64 KiB TSO segment with its Ethernet
+/// (and VLAN) header, with room to spare.
+pub const MAX_FRAME_LEN: usize = 65562;
 /// Where num_buffers sits in the header.
 const NUM_BUFFERS_OFFSET: usize = 10;
 const CONFIG_SIZE: usize = 8;
 
+/// Tells the tap which offloaded frames it may hand the guest, given the
+/// features the guest acknowledged (the `GUEST_*` ones matter).
+pub type SetOffloads = Box<dyn FnMut(u64) -> std::io::Result<()> + Send>;
+
+/// The offloads offered when the tap has them: checksums and TCP
+/// segmentation (with ECN) both ways.
+pub const OFFLOAD_FEATURES: u64 = 1 << VIRTIO_NET_F_CSUM
+    | 1 << VIRTIO_NET_F_GUEST_CSUM
+    | 1 << VIRTIO_NET_F_GUEST_TSO4
+    | 1 << VIRTIO_NET_F_GUEST_TSO6
+    | 1 << VIRTIO_NET_F_GUEST_ECN
+    | 1 << VIRTIO_NET_F_HOST_TSO4
+    | 1 << VIRTIO_NET_F_HOST_TSO6
+    | 1 << VIRTIO_NET_F_HOST_ECN;
+
+enum Fetch {
+    Frame,
+    Empty,
+    Later,
+}
+
 /// One network card.
 pub struct Net {
     tap: File,
+    set_offloads: Option<SetOffloads>,
+    /// What the guest's driver acknowledged, and whether the tap has yet to
+    /// be told of it.
+    acked: u64,
+    offloads_stale: bool,
     config: [u8; CONFIG_SIZE],
     /// A frame read from the tap that waits for a receive buffer: header
     /// space, then the frame.
@@ -47,13 +79,18 @@ pub struct Net {
 
 impl Net {
     /// A card with address `mac` on `tap`, a non-blocking descriptor that
-    /// carries one frame per read and write.
-    pub fn new(tap: File, mac: [u8; 6]) -> Self {
+    /// carries one frame (behind its header) per read and write. With
+    /// `set_offloads`, the tap takes and gives offloaded frames, and the
+    /// offloads are offered.
+    pub fn new(tap: File, mac: [u8; 6], set_offloads: Option<SetOffloads>) -> Self {
         let mut config = [0u8; CONFIG_SIZE];
         config[..6].copy_from_slice(&mac);
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         Self {
             tap,
+            set_offloads,
+            acked: 0,
+            offloads_stale: false,
             config,
             rx_frame: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
             rx_len: None,
@@ -62,23 +99,30 @@ impl Net {
         }
     }
 
-    /// Reads the next frame from the tap unless one is waiting already.
-    /// False when the tap has none.
-    fn fetch_frame(&mut self) -> bool {
+    /// Reads the next frame the guest can take from the tap, unless one is
+    /// waiting already. Frames it cannot take are dropped, a bounded number
+    /// per call: `Later` says more wait for another round.
+    fn fetch_frame(&mut self) -> Fetch {
         if self.rx_len.is_some() {
-            return true;
+            return Fetch::Frame;
         }
-        match self.tap.read(&mut self.rx_frame[NET_HDR_LEN..]) {
-            Ok(len) => {
-                self.rx_len = Some(len);
-                true
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
-            Err(e) => {
-                log::debug!("virtio-net: cannot read the tap: {e}");
-                false
+        for _ in 0..REQUESTS_PER_NOTIFICATION {
+            match self.tap.read(&mut self.rx_frame) {
+                Ok(len) if len > NET_HDR_LEN && self.guest_takes(&self.rx_frame[..NET_HDR_LEN]) => {
+                    self.rx_len = Some(len - NET_HDR_LEN);
+                    return Fetch::Frame;
+                }
+                Ok(len) => log::debug!(
+                    "virtio-net: a {len}-byte frame from the tap that the guest cannot take; dropped"
+                ),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Fetch::Empty,
+                Err(e) => {
+                    log::debug!("virtio-net: cannot read the tap: {e}");
+                    return Fetch::Empty;
+                }
             }
         }
+        Fetch::Later
     }
 
     /// Moves frames from the tap into the guest's receive buffers.
@@ -86,8 +130,10 @@ impl Net {
         let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
         let mut frames = 0;
         while frames < REQUESTS_PER_NOTIFICATION {
-            if !self.fetch_frame() {
-                return served(frames, queue, mem, false);
+            match self.fetch_frame() {
+                Fetch::Frame => {}
+                Fetch::Empty => return served(frames, queue, mem, false),
+                Fetch::Later => return served(frames, queue, mem, true),
             }
             // The frame waits in `rx_frame` until the guest posts a buffer.
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
@@ -96,7 +142,7 @@ impl Net {
             let head = chain.head_index();
             let len = self.rx_len.take().unwrap_or(0);
             let buffer = &mut self.rx_frame[..NET_HDR_LEN + len];
-            buffer[..NET_HDR_LEN].fill(0);
+            // The tap leaves num_buffers alone; one buffer per frame here.
             buffer[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&1u16.to_le_bytes());
             let written = match check_chain(mem, table, size, head, u32::from(QUEUE_SIZE), u32::MAX)
                 .and_then(|_| Writer::new(mem, chain).ok())
@@ -160,7 +206,8 @@ impl Net {
     }
 
     fn send(&mut self, len: usize) {
-        let frame = &self.tx_frame[NET_HDR_LEN..len];
+        // The header goes too: it carries the guest's offloads.
+        let frame = &self.tx_frame[..len];
         // A tap takes a frame whole or not at all.
         match self.tap.write(frame) {
             Ok(n) if n == frame.len() => {}
@@ -172,6 +219,38 @@ impl Net {
                     );
                 }
                 self.tx_dropped += 1;
+            }
+        }
+    }
+}
+
+impl Net {
+    /// Whether the guest negotiated what the frame behind `header` needs: a
+    /// checksum to finish (GUEST_CSUM), a segmentation to do (GUEST_TSO4 or 6,
+    /// with GUEST_ECN for ECN).
+    fn guest_takes(&self, header: &[u8]) -> bool {
+        let has = |bit: u32| self.acked & (1 << bit) != 0;
+        let (flags, gso) = (header[0], header[1]);
+        let csum_ok =
+            u32::from(flags) & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 || has(VIRTIO_NET_F_GUEST_CSUM);
+        let ecn_ok = u32::from(gso) & VIRTIO_NET_HDR_GSO_ECN == 0 || has(VIRTIO_NET_F_GUEST_ECN);
+        let gso_ok = match u32::from(gso) & !VIRTIO_NET_HDR_GSO_ECN {
+            VIRTIO_NET_HDR_GSO_NONE => true,
+            VIRTIO_NET_HDR_GSO_TCPV4 => has(VIRTIO_NET_F_GUEST_TSO4),
+            VIRTIO_NET_HDR_GSO_TCPV6 => has(VIRTIO_NET_F_GUEST_TSO6),
+            _ => false,
+        };
+        csum_ok && ecn_ok && gso_ok
+    }
+
+    /// Tells the tap what the guest now takes, once after each change.
+    fn update_offloads(&mut self) {
+        if !std::mem::take(&mut self.offloads_stale) {
+            return;
+        }
+        if let Some(set) = self.set_offloads.as_mut() {
+            if let Err(e) = set(self.acked) {
+                log::warn!("virtio-net: the tap refused the guest's offloads ({e}); frames that need them are dropped");
             }
         }
     }
@@ -194,7 +273,17 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
+        let offloads = if self.set_offloads.is_some() {
+            OFFLOAD_FEATURES
+        } else {
+            0
+        };
+        VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS | offloads
+    }
+
+    fn activate(&mut self, features: u64) {
+        self.acked = features;
+        self.offloads_stale = true;
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -202,6 +291,7 @@ impl VirtioDevice for Net {
     }
 
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Served {
+        self.update_offloads();
         match index {
             RX_QUEUE => self.receive(queue, mem),
             TX_QUEUE => self.transmit(queue, mem),
@@ -211,6 +301,12 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.rx_len = None;
+        if self.acked & OFFLOAD_FEATURES != 0 {
+            self.acked = 0;
+            self.offloads_stale = true;
+            self.update_offloads();
+        }
+        self.acked = 0;
     }
 }
 

@@ -1,7 +1,10 @@
 //! The network device on real guest memory and a datagram socket standing
-//! in for the tap: frames both ways, and what a hostile guest can get wrong.
+//! in for the tap (which carries the 12-byte header before each frame, as a
+//! tap with IFF_VNET_HDR does): frames both ways, offloads, and what a
+//! hostile guest can get wrong.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
 
 use vm_memory::{Address, Bytes, GuestAddress};
 
@@ -29,6 +32,19 @@ struct Setup {
 
 impl Setup {
     fn new() -> Self {
+        Self::with(None)
+    }
+
+    /// A card on a tap with offloads; what it is told to set lands in `calls`.
+    fn with_offloads(calls: &Arc<Mutex<Vec<u64>>>) -> Self {
+        let calls = calls.clone();
+        Self::with(Some(Box::new(move |acked| {
+            calls.lock().unwrap().push(acked);
+            Ok(())
+        })))
+    }
+
+    fn with(set_offloads: Option<SetOffloads>) -> Self {
         let (device_end, host) = UnixDatagram::pair().unwrap();
         device_end.set_nonblocking(true).unwrap();
         host.set_nonblocking(true).unwrap();
@@ -40,7 +56,7 @@ impl Setup {
         queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
         queue.set_ready(true);
         Setup {
-            net: Net::new(tap, MAC),
+            net: Net::new(tap, MAC, set_offloads),
             mem,
             queue,
             host,
@@ -96,6 +112,15 @@ impl Setup {
     }
 }
 
+/// A frame from the tap: a header with `flags` and `gso_type`, then `frame`.
+fn from_tap(flags: u8, gso_type: u8, frame: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0u8; NET_HDR_LEN];
+    bytes[0] = flags;
+    bytes[1] = gso_type;
+    bytes.extend_from_slice(frame);
+    bytes
+}
+
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -111,14 +136,17 @@ fn config_space_holds_the_mac_and_link_up() {
     assert_eq!(u16::from_le_bytes([config[6], config[7]]), 1);
     assert_ne!(s.net.features() & (1 << VIRTIO_NET_F_MAC), 0);
     assert_eq!(
-        s.net.features() & (1 << VIRTIO_NET_F_CSUM),
+        s.net.features() & OFFLOAD_FEATURES,
         0,
-        "no offloads"
+        "no offloads without a tap that has them"
     );
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let s = Setup::with_offloads(&calls);
+    assert_eq!(s.net.features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
 }
 
 #[test]
-fn a_transmitted_frame_reaches_the_tap_without_its_header() {
+fn a_transmitted_frame_reaches_the_tap_with_its_header() {
     let mut s = Setup::new();
     let payload = frame(1000, 3);
     // Header and frame split over two descriptors, as Linux may send them.
@@ -133,7 +161,13 @@ fn a_transmitted_frame_reaches_the_tap_without_its_header() {
     s.make_available(0);
     let served = s.process(TX_QUEUE);
     assert!(served.notify_guest && !served.more_pending);
-    assert_eq!(s.host_frames(), vec![payload]);
+    let mut expected = vec![0xaa; NET_HDR_LEN];
+    expected.extend(&payload);
+    assert_eq!(
+        s.host_frames(),
+        vec![expected],
+        "the header carries the guest's offloads"
+    );
     assert_eq!(s.used(), vec![(0, 0)]);
 }
 
@@ -141,7 +175,10 @@ fn a_transmitted_frame_reaches_the_tap_without_its_header() {
 fn a_frame_from_the_tap_fills_the_next_receive_buffer() {
     let mut s = Setup::new();
     let payload = frame(1514, 9);
-    s.host.send(&payload).unwrap();
+    // What the tap leaves in num_buffers is not the guest's concern.
+    let mut sent = from_tap(0, 0, &payload);
+    sent[NUM_BUFFERS_OFFSET] = 0x77;
+    s.host.send(&sent).unwrap();
     // No buffer yet: the frame waits, nothing is used.
     assert!(!s.process(RX_QUEUE).notify_guest);
     assert!(s.used().is_empty());
@@ -161,9 +198,9 @@ fn a_frame_from_the_tap_fills_the_next_receive_buffer() {
 #[test]
 fn receive_buffers_too_small_or_read_only_drop_their_frame_and_the_next_one_arrives() {
     let mut s = Setup::new();
-    s.host.send(&frame(1500, 1)).unwrap();
-    s.host.send(&frame(60, 2)).unwrap();
-    s.host.send(&frame(61, 3)).unwrap();
+    s.host.send(&from_tap(0, 0, &frame(1500, 1))).unwrap();
+    s.host.send(&from_tap(0, 0, &frame(60, 2))).unwrap();
+    s.host.send(&from_tap(0, 0, &frame(61, 3))).unwrap();
     s.write_desc(0, BUFFERS, 100, F_WRITE, 0);
     s.make_available(0);
     // A device-readable buffer is no receive buffer either.
@@ -233,4 +270,106 @@ fn a_full_tap_drops_frames_instead_of_blocking() {
         while s.process(TX_QUEUE).more_pending {}
     }
     assert!(s.net.tx_dropped > 0);
+}
+
+#[test]
+fn the_tap_is_told_the_guests_offloads_on_the_next_turn_and_reset_clears_them() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut s = Setup::with_offloads(&calls);
+    let acked = VIRTIO_F_VERSION_1 | OFFLOAD_FEATURES;
+    // On the vCPU thread: only recorded.
+    s.net.activate(acked);
+    assert!(calls.lock().unwrap().is_empty());
+    s.process(RX_QUEUE);
+    s.process(TX_QUEUE);
+    assert_eq!(*calls.lock().unwrap(), vec![acked], "told once");
+    s.net.reset();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![acked, 0],
+        "a reset device takes no offloads"
+    );
+}
+
+#[test]
+fn frames_that_need_offloads_the_guest_did_not_take_are_dropped() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut s = Setup::with_offloads(&calls);
+    let needs_csum = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    let tso4 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+    let udp = VIRTIO_NET_HDR_GSO_UDP as u8;
+    let ecn = VIRTIO_NET_HDR_GSO_ECN as u8;
+    for i in 0..4u16 {
+        s.write_desc(i, BUFFERS + 0x2_0000 * u64::from(i), 0x2_0000, F_WRITE, 0);
+        s.make_available(i);
+    }
+    // No offloads negotiated: a partial checksum and a TSO segment are
+    // dropped, a plain frame arrives.
+    s.host
+        .send(&from_tap(needs_csum, 0, &frame(100, 1)))
+        .unwrap();
+    s.host
+        .send(&from_tap(needs_csum, tso4, &frame(9000, 2)))
+        .unwrap();
+    s.host.send(&from_tap(0, 0, &frame(101, 3))).unwrap();
+    s.process(RX_QUEUE);
+    assert_eq!(s.used(), vec![(0, (NET_HDR_LEN + 101) as u32)]);
+    // With checksums and TSO4 negotiated, those arrive; UDP segmentation
+    // (never offered) and ECN (not taken) still do not.
+    s.net
+        .activate(VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4);
+    s.host
+        .send(&from_tap(needs_csum, udp, &frame(3000, 4)))
+        .unwrap();
+    s.host
+        .send(&from_tap(needs_csum, tso4 | ecn, &frame(3000, 5)))
+        .unwrap();
+    s.host
+        .send(&from_tap(needs_csum, 0, &frame(102, 6)))
+        .unwrap();
+    s.host
+        .send(&from_tap(needs_csum, tso4, &frame(60000, 7)))
+        .unwrap();
+    s.process(RX_QUEUE);
+    let got = s.used();
+    assert_eq!(
+        got,
+        vec![
+            (0, (NET_HDR_LEN + 101) as u32),
+            (1, (NET_HDR_LEN + 102) as u32),
+            (2, (NET_HDR_LEN + 60000) as u32)
+        ]
+    );
+    // The header reaches the guest as the tap wrote it.
+    let mut header = [0u8; NET_HDR_LEN];
+    s.mem
+        .read_slice(&mut header, GuestAddress(BUFFERS + 0x4_0000))
+        .unwrap();
+    assert_eq!(
+        (header[0], header[1], header[NUM_BUFFERS_OFFSET]),
+        (needs_csum, tso4, 1)
+    );
+}
+
+#[test]
+fn a_flood_of_frames_the_guest_cannot_take_is_dropped_in_bounded_rounds() {
+    let mut s = Setup::new();
+    for _ in 0..200 {
+        s.host
+            .send(&from_tap(
+                VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+                0,
+                &frame(60, 0),
+            ))
+            .unwrap();
+    }
+    s.host.send(&from_tap(0, 0, &frame(61, 1))).unwrap();
+    s.write_desc(0, BUFFERS, 2048, F_WRITE, 0);
+    s.make_available(0);
+    assert!(
+        s.process(RX_QUEUE).more_pending,
+        "200 drops are more than a round"
+    );
+    while s.process(RX_QUEUE).more_pending {}
+    assert_eq!(s.used(), vec![(0, (NET_HDR_LEN + 61) as u32)]);
 }
