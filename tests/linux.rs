@@ -477,6 +477,18 @@ fn user_space_debian_kernel_talks_tcp_over_virtio_net() {
             step_limit(),
         );
         assert_eq!((status, out), (0, vec!["06:00:0a:00:02:02".to_string()]));
+        // Checksum and TCP segmentation offloads, both ways, negotiated
+        // (one character per feature bit): CSUM 0, GUEST_CSUM 1,
+        // GUEST_TSO4 7, HOST_TSO4 11.
+        let (_, out) = vm.run("cat /sys/class/net/eth0/device/features", step_limit());
+        let bits = out.first().cloned().unwrap_or_default();
+        for bit in [0, 1, 7, 11] {
+            assert_eq!(
+                bits.as_bytes().get(bit),
+                Some(&b'1'),
+                "feature bit {bit} not negotiated: {bits:?}"
+            );
+        }
         let (status, out) = vm.run("ping -c 1 -W 10 10.0.2.1", step_limit());
         assert_eq!(status, 0, "ping: {out:?}");
         assert!(
@@ -537,8 +549,71 @@ fn user_space_debian_kernel_talks_tcp_over_virtio_net() {
             .expect("nothing from the guest");
         assert_eq!(line.trim_end(), from_guest);
         drop(connection);
+
+        // 4 MiB each way: TSO segments and partial checksums, end to end.
+        const BULK: usize = 4 * MIB;
+        let blob = pseudo_random_bytes(BULK, 23);
+        let blob_path = scratch("tcp-to-guest.bin");
+        std::fs::write(&blob_path, &blob).unwrap();
+        let (status, _) = vm.run("(nc -l -p 5002 > /tmp/big &)", step_limit());
+        assert_eq!(status, 0);
+        let deadline = std::time::Instant::now() + step_limit();
+        let mut stream = loop {
+            match TcpStream::connect("10.0.2.2:5002") {
+                Ok(stream) => break stream,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("connecting to the guest: {e}; again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("cannot connect to the guest's nc: {e}"),
+            }
+        };
+        stream.write_all(&blob).unwrap();
+        drop(stream);
+        let (_, out) = vm.run(
+            &format!("for i in $(seq 1 60); do [ $(wc -c < /tmp/big) -ge {BULK} ] && break; sleep 1; done; sha256sum /tmp/big"),
+            step_limit(),
+        );
+        assert_eq!(
+            out.first().and_then(|l| l.split_whitespace().next()),
+            Some(sha256(&blob_path).as_str()),
+            "what the guest received over TCP differs: {out:?}"
+        );
+        let (status, out) = vm.run(
+            &format!("head -c {BULK} /dev/urandom > /tmp/out && sha256sum /tmp/out"),
+            step_limit(),
+        );
+        assert_eq!(status, 0, "{out:?}");
+        let guest_sum = out[0].split_whitespace().next().unwrap().to_string();
+        vm.send("nc 10.0.2.1 5001 < /tmp/out\n");
+        let deadline = std::time::Instant::now() + step_limit();
+        let connection = loop {
+            match listener.accept() {
+                Ok((connection, _)) => break connection,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no bulk connection from the guest"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("accepting the guest's connection: {e}"),
+            }
+        };
+        connection.set_nonblocking(false).unwrap();
+        connection.set_read_timeout(Some(step_limit())).unwrap();
+        let mut received = vec![0u8; BULK];
+        std::io::Read::read_exact(&mut &connection, &mut received).expect("the guest's 4 MiB");
+        drop(connection);
+        let received_path = scratch("tcp-from-guest.bin");
+        std::fs::write(&received_path, &received).unwrap();
+        assert_eq!(
+            sha256(&received_path),
+            guest_sum,
+            "what L1 received over TCP differs"
+        );
         reboot_and_expect_status_0(&mut vm);
-        eprintln!("Debian's kernel on virtio-net: MAC as given, ping and TCP both ways with L1 through a tap");
+        eprintln!("Debian's kernel on virtio-net: MAC as given, checksum and TSO offloads negotiated, ping, a line and 4 MiB each way over TCP with L1 through a tap");
     });
 }
 
