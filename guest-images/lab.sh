@@ -3,9 +3,11 @@
 # with AMD-V runs a Debian kernel as the lab's host (L1), where kvm_amd gives
 # an ordinary /dev/kvm, and rvmm runs its Linux guests (L2) inside it.
 #   vmlinuz                 Debian's distribution kernel: L1's kernel, and a guest kernel
+#   vmlinux                 the same kernel as an ELF (with its PVH note), for the lab
+#                           benchmark, where every VMM boots it (Firecracker boots no bzImage)
 #   l1.cpio                 L1's initramfs: busybox, lab/l1-init, the KVM modules
 #   debian-initramfs.cpio   initramfs for Debian's kernel as a guest: busybox, virtio and
-#                           vsock modules, lab/vsock.c (built here, static)
+#                           vsock modules, lab/vsock.c and lab/tcpbench.c (built here, static)
 # Installs qemu-system-x86; takes the kernel from Debian's linux-image-amd64
 # with `apt-get download` (the host's /boot is not touched). Cached by a hash
 # of the inputs in $RVMM_CACHE_DIR. Prints the cache directory.
@@ -14,7 +16,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 
 ensure_packages qemu-system-x86:/usr/bin/qemu-system-x86_64 busybox-static:/bin/busybox cpio:/bin/cpio \
-    gcc:/usr/bin/gcc libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a
+    gcc:/usr/bin/gcc libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a xz-utils:/usr/bin/xz
 
 # The versioned package behind linux-image-amd64, e.g. linux-image-6.1.0-56-amd64.
 kernel_package() {
@@ -31,12 +33,12 @@ fi
 package_version="$(apt-cache show "$package" | awk '/^Version:/ { print $2; exit }')"
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 # Bump when a change to this script changes what it builds (not for messages).
-recipe=3
+recipe=5
 gcc_version="$(dpkg-query -W -f='${Version}' gcc libc6-dev | tr '\n' ' ')"
-hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$here/initramfs/stop-signals" "$here/lab/vsock.c" \
+hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$here/initramfs/stop-signals" "$here/lab/vsock.c" "$here/lab/tcpbench.c" \
     "$package=$package_version" "busybox-static=$busybox_version" "gcc=$gcc_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/lab-$hash"
-cached lab "$dest" vmlinuz l1.cpio debian-initramfs.cpio && exit 0
+cached lab "$dest" vmlinuz vmlinux l1.cpio debian-initramfs.cpio && exit 0
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -63,6 +65,13 @@ busybox_root() {
 
 mkdir -p "$dest.tmp"
 cp "$work/pkg/boot/vmlinuz-$version" "$dest.tmp/vmlinuz"
+# Debian's bzImage carries its kernel xz-compressed: unpack the stream that
+# starts at the xz magic (xz complains of what follows it, which is not xz).
+offset="$(LC_ALL=C grep -abo $'\xfd''7zXZ' "$dest.tmp/vmlinuz" | head -n 1 | cut -d: -f1)"
+[ -n "$offset" ] || die "no xz stream in $package's vmlinuz"
+tail -c +$((offset + 1)) "$dest.tmp/vmlinuz" | xz -dc > "$dest.tmp/vmlinux" 2>/dev/null || true
+[ "$(head -c 4 "$dest.tmp/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] \
+    || die "the kernel unpacked from $package's vmlinuz is not an ELF"
 
 l1="$work/l1"
 busybox_root "$l1" "$here/lab/l1-init"
@@ -82,8 +91,10 @@ cp "$modules/drivers/virtio/virtio_ring.ko" "$modules/drivers/virtio/virtio.ko" 
     "$modules/drivers/net/virtio_net.ko" "$modules/net/vmw_vsock/vsock.ko" \
     "$modules/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko" \
     "$modules/net/vmw_vsock/vmw_vsock_virtio_transport.ko" "$guest/modules/"
-gcc -static -O2 -Wall -Werror -o "$guest/bin/vsock" "$here/lab/vsock.c" \
-    || die "could not build lab/vsock.c (needs gcc and libc6-dev)"
+for tool in vsock tcpbench; do
+    gcc -static -O2 -Wall -Werror -o "$guest/bin/$tool" "$here/lab/$tool.c" \
+        || die "could not build lab/$tool.c (needs gcc and libc6-dev)"
+done
 make_cpio "$guest" "$dest.tmp/debian-initramfs.cpio"
 echo "$package $package_version" > "$dest.tmp/VERSION"
 publish lab "$dest"

@@ -30,6 +30,7 @@ pub fn guest_memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         cmdline: "console=ttyS0",
         disks: &[],
         initrd: None,
+        net: None,
     };
     // (name, peer, extra rvmm arguments)
     let mut systems: Vec<(String, &Peer, &[&str])> = Vec::new();

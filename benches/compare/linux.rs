@@ -43,6 +43,7 @@ pub fn linux_boot(peers: &[Peer], scratch: &Path, asked_for: bool) -> Vec<Table>
         cmdline: &cmdline,
         disks: &[],
         initrd: Some(&initrd),
+        net: None,
     };
     let (marker, title, warmup, runs) = if pvm {
         (

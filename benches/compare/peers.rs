@@ -1,7 +1,8 @@
 //! The systems compared, and how each is told to run a guest: rvmm, QEMU's
-//! microvm machine, Firecracker (when RVMM_BENCH_FIRECRACKER names a binary)
-//! and, for the container column, runc (crun refuses hosts with hybrid
-//! cgroups, which these are).
+//! microvm machine, Firecracker (RVMM_BENCH_FIRECRACKER, or the unmodified
+//! release binary in `../shared/peers/` beside the checkout) and, for the
+//! container column, runc (crun refuses hosts with hybrid cgroups, which
+//! these are).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,7 +37,12 @@ pub struct VmSpec<'a> {
     pub cmdline: &'a str,
     pub disks: &'a [PathBuf],
     pub initrd: Option<&'a Path>,
+    /// A virtio-net card on this tap with this MAC.
+    pub net: Option<(&'a str, &'a str)>,
 }
+
+/// Where QEMU is: Debian's, or the copy the lab benchmark puts in L1.
+pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 /// A command that boots `spec` on `peer`, with the console on stdout.
 /// `scratch` is a directory the peer may write its configuration to.
@@ -59,10 +65,13 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
             if let Some(initrd) = spec.initrd {
                 c.arg("--initrd").arg(initrd);
             }
+            if let Some((tap, mac)) = spec.net {
+                c.arg("--net").arg(format!("tap={tap},mac={mac}"));
+            }
             c
         }
         Peer::Qemu => {
-            let mut c = Command::new("qemu-system-x86_64");
+            let mut c = Command::new(QEMU);
             c.args(["-M", "microvm", "-enable-kvm", "-m", &mem, "-smp", "1"])
                 .args([
                     "-nodefaults",
@@ -90,6 +99,14 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
                     ))
                     .args(["-device", &format!("virtio-blk-device,drive=d{i}")]);
             }
+            if let Some((tap, mac)) = spec.net {
+                c.arg("-netdev")
+                    .arg(format!(
+                        "tap,id=n0,ifname={tap},script=no,downscript=no,vnet_hdr=on"
+                    ))
+                    .arg("-device")
+                    .arg(format!("virtio-net-device,netdev=n0,mac={mac}"));
+            }
             c
         }
         Peer::Firecracker(bin) => {
@@ -108,8 +125,14 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
                 .initrd
                 .map(|i| format!(r#","initrd_path":"{}""#, i.display()))
                 .unwrap_or_default();
+            let nets = spec
+                .net
+                .map(|(tap, mac)| {
+                    format!(r#"{{"iface_id":"eth0","guest_mac":"{mac}","host_dev_name":"{tap}"}}"#)
+                })
+                .unwrap_or_default();
             let config = format!(
-                r#"{{"boot-source":{{"kernel_image_path":"{}","boot_args":"{}"{initrd}}},"drives":[{}],"machine-config":{{"vcpu_count":1,"mem_size_mib":{}}}}}"#,
+                r#"{{"boot-source":{{"kernel_image_path":"{}","boot_args":"{}"{initrd}}},"drives":[{}],"network-interfaces":[{nets}],"machine-config":{{"vcpu_count":1,"mem_size_mib":{}}}}}"#,
                 spec.kernel.display(),
                 spec.cmdline,
                 drives.join(","),
@@ -206,18 +229,45 @@ pub fn ensure_package(package: &str, probe: &str) -> bool {
     Path::new(probe).exists()
 }
 
+/// The Firecracker binary: RVMM_BENCH_FIRECRACKER, else the project's peer
+/// binary beside the checkout, with its version said.
+pub fn firecracker() -> Result<PathBuf, String> {
+    let bin: PathBuf = match std::env::var_os("RVMM_BENCH_FIRECRACKER") {
+        Some(bin) => bin.into(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/firecracker"),
+    };
+    if !bin.is_file() {
+        return Err(format!(
+            "no Firecracker at {} (set RVMM_BENCH_FIRECRACKER=/path/to/firecracker)",
+            bin.display()
+        ));
+    }
+    let version = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    eprintln!("bench setup: Firecracker is {} ({version})", bin.display());
+    Ok(bin)
+}
+
 /// The systems available on this host, rvmm first.
 pub fn available() -> Vec<Peer> {
     let mut peers = vec![Peer::Rvmm];
-    if ensure_package("qemu-system-x86", "/usr/bin/qemu-system-x86_64") {
+    if ensure_package("qemu-system-x86", QEMU) {
         peers.push(Peer::Qemu);
     } else {
         eprintln!("bench setup: QEMU is not available; its column is left out");
     }
-    match std::env::var_os("RVMM_BENCH_FIRECRACKER") {
-        Some(bin) if Path::new(&bin).is_file() => peers.push(Peer::Firecracker(bin.into())),
-        Some(bin) => eprintln!("bench setup: RVMM_BENCH_FIRECRACKER={bin:?} is not a file; Firecracker left out"),
-        None => eprintln!("bench setup: set RVMM_BENCH_FIRECRACKER=/path/to/firecracker to compare with Firecracker"),
+    match firecracker() {
+        Ok(bin) => peers.push(Peer::Firecracker(bin)),
+        Err(why) => eprintln!("bench setup: {why}; Firecracker left out"),
     }
     if ensure_package("runc", "/usr/sbin/runc") {
         peers.push(Peer::Container("/usr/sbin/runc".into()));

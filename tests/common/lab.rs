@@ -37,12 +37,28 @@ const FRAME: &str = "rvmm-lab| ";
 const QEMU: &str = "qemu-system-x86_64";
 
 /// What one L1 boot printed.
-struct LabRun {
+pub struct LabRun {
     /// The framed lines, unframed: the test binary's output inside L1.
     output: Vec<String>,
     /// Where L1's whole console log was saved.
     log: PathBuf,
 }
+
+impl LabRun {
+    /// What this binary printed inside L1, line by line.
+    pub fn output(&self) -> &[String] {
+        &self.output
+    }
+
+    /// Where L1's whole console is.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+/// A file for L1 besides the lab's own: where it is here, and its path
+/// inside L1 (relative to /).
+pub type Extra = (PathBuf, String);
 
 /// How one test went in one L1 boot.
 struct Attempt {
@@ -170,8 +186,24 @@ impl Drop for Qemu {
 }
 
 fn boot(tests: &[&str], which: &str) -> Result<LabRun, String> {
+    let mut args: Vec<String> = ["--exact", "--test-threads=1", "--show-output"]
+        .map(String::from)
+        .to_vec();
+    args.extend(tests.iter().map(|t| t.to_string()));
+    run(&args, &[], LAB_LIMIT, which)
+}
+
+/// Boots L1 once and runs this very binary there with `args` (and the lab's
+/// variables set, so that it knows where it is), with `extra` files beside
+/// the lab's own; stops it after `limit`. `which` names the console log.
+pub fn run(
+    args: &[String],
+    extra: &[Extra],
+    limit: Duration,
+    which: &str,
+) -> Result<LabRun, String> {
     let kernel = guest_image("lab/vmlinuz");
-    let initrd = l1_initramfs(tests)?;
+    let initrd = l1_initramfs(args, extra)?;
     let started = Instant::now();
     let mut qemu = Command::new(QEMU);
     qemu.args([
@@ -219,7 +251,7 @@ fn boot(tests: &[&str], which: &str) -> Result<LabRun, String> {
     let mut kvm_ready = false;
     let mut job_exit = None;
     let mut wedged = false;
-    let deadline = started + LAB_LIMIT;
+    let deadline = started + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
@@ -240,7 +272,7 @@ fn boot(tests: &[&str], which: &str) -> Result<LabRun, String> {
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                console.push(format!("(the lab was stopped after {LAB_LIMIT:?})"));
+                console.push(format!("(the lab was stopped after {limit:?})"));
                 break;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -276,8 +308,9 @@ fn boot(tests: &[&str], which: &str) -> Result<LabRun, String> {
 
 /// L1's initramfs: the cached `lab/l1.cpio` (busybox, its init, the KVM
 /// modules) followed by a second archive with this run's binaries, the guest
-/// images and the job that runs `tests`. The kernel unpacks both.
-fn l1_initramfs(tests: &[&str]) -> Result<PathBuf, String> {
+/// images, `extra` and the job that runs this binary with `args`. The
+/// kernel unpacks both.
+fn l1_initramfs(args: &[String], extra: &[Extra]) -> Result<PathBuf, String> {
     let stage = scratch("lab-stage");
     let _ = std::fs::remove_dir_all(&stage);
     let images = stage.join("lab/images");
@@ -300,13 +333,18 @@ fn l1_initramfs(tests: &[&str]) -> Result<PathBuf, String> {
         let from = guest_image(name);
         std::os::unix::fs::symlink(&from, images.join(name)).map_err(|e| e.to_string())?;
     }
+    for (from, to) in extra {
+        let to = stage.join(to);
+        std::fs::create_dir_all(to.parent().expect("a file path")).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(from, &to).map_err(|e| e.to_string())?;
+    }
     let job = format!(
         // RUST_LOG=info: a failure report then shows why rvmm stopped.
-        "export {}=/lab/rvmm {}=/lab/images {}=/tmp RUST_LOG=info\nexec /lab/tests --exact --test-threads=1 --show-output {}\n",
+        "export {}=/lab/rvmm {}=/lab/images {}=/tmp RUST_LOG=info PATH=/usr/sbin:/usr/bin:/sbin:/bin\nexec /lab/tests {}\n",
         super::LAB_BIN_VAR,
         super::LAB_IMAGES_VAR,
         super::LAB_SCRATCH_VAR,
-        tests.join(" ")
+        args.join(" ")
     );
     std::fs::write(stage.join("lab/job"), job).map_err(|e| e.to_string())?;
 

@@ -248,11 +248,21 @@ impl Console {
     /// Starts rvmm with `args`, its console on pipes; its stderr goes to a
     /// scratch file.
     pub fn start(args: &[&str], name: &str) -> Console {
-        let mut child = Self::command(args, name)
+        let mut command = Command::new(rvmm_binary());
+        command.args(args);
+        Self::start_command(command, name)
+    }
+
+    /// Starts `command` (any VMM with its console on stdio), its console on
+    /// pipes; its stderr goes to a scratch file.
+    pub fn start_command(mut command: Command, name: &str) -> Console {
+        let stderr = std::fs::File::create(Self::stderr_path(name)).unwrap();
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
-            .expect("cannot start the rvmm binary");
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let input = Box::new(child.stdin.take().unwrap());
         Self::attach(child, stdout, input, name)

@@ -1,0 +1,375 @@
+//! Linux and its network on every VM peer where a hardware-virtualized
+//! /dev/kvm runs them: on a PVM host that is the hardware-KVM lab (see
+//! `tests/common/lab.rs`), which this bench boots with itself, rvmm,
+//! Firecracker, QEMU (with its libraries and firmware) and Debian's kernel
+//! inside; elsewhere, this host.
+//!
+//! Each VMM in turn (A B C A B C) boots Debian's kernel, as the ELF all of
+//! them take, with the Debian guest's initramfs and a virtio-net card on a
+//! tap, with one command line. Measured: process start to the initramfs's
+//! banner (user space); the VM exits until then, by kind, from the host
+//! KVM's own counters (debugfs); a ping's round trip from the guest to the
+//! host; TCP throughput each way (`guest-images/lab/tcpbench.c` in the
+//! guest, 64 KiB writes; busybox nc sends a packet per KiB). In the lab
+//! everything is emulated, so its times say little about hardware; the
+//! exit counts are what a hardware host would pay for.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::{guest_image, in_lab, is_pvm_host, lab, tap::Tap, Console};
+use crate::peers::{vm_command, Peer, VmSpec, QEMU};
+use crate::stats::{Series, Table};
+
+/// What the lab's bench binary is started with, inside L1.
+pub const INNER_ARG: &str = "lab-inner";
+const RESULT: &str = "rvmm-bench-result\t";
+const CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+const TAP: &str = "rvmmbench0";
+const MAC: &str = "06:00:0a:00:03:02";
+const HOST_IP: &str = "10.0.3.1";
+const BULK: usize = 16 << 20;
+const FIRECRACKER_IN_L1: &str = "/lab/peers/firecracker";
+/// One whole run inside L1: every peer boots `rounds` times.
+const LAB_LIMIT: Duration = Duration::from_secs(40 * 60);
+/// KVM's counters in debugfs: all exits, and those of each kind counted.
+const EXIT_COUNTERS: [&str; 4] = ["exits", "io_exits", "mmio_exits", "halt_exits"];
+
+/// The tables, by title: (title, unit, higher is better).
+const TABLES: [(&str, &str, bool); 8] = [
+    (
+        "lab Linux: process start to user space (emulated host)",
+        "s",
+        false,
+    ),
+    ("lab Linux: VM exits to user space, all", "exits", false),
+    (
+        "lab Linux: VM exits to user space, port I/O",
+        "exits",
+        false,
+    ),
+    ("lab Linux: VM exits to user space, MMIO", "exits", false),
+    ("lab Linux: VM exits to user space, HLT", "exits", false),
+    (
+        "lab Linux: VM exits to user space, other (MSR, interrupts, faults)",
+        "exits",
+        false,
+    ),
+    (
+        "lab network: ping round trip, guest to host (emulated host)",
+        "ms",
+        false,
+    ),
+    (
+        "lab network: TCP guest to host, 16 MiB (emulated host)",
+        "MiB/s",
+        true,
+    ),
+];
+const TCP_IN_TABLE: (&str, &str, bool) = (
+    "lab network: TCP host to guest, 16 MiB (emulated host)",
+    "MiB/s",
+    true,
+);
+
+fn rounds() -> usize {
+    std::env::var("RVMM_BENCH_LAB_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// The section: in the lab on a PVM host, here elsewhere.
+pub fn lab_section(peers: &[Peer]) -> Vec<Table> {
+    let mut tables: Vec<Table> = TABLES
+        .iter()
+        .chain([&TCP_IN_TABLE])
+        .map(|(title, unit, higher)| Table::new(title, unit, *higher))
+        .collect();
+    for table in &mut tables {
+        table.series = peers
+            .iter()
+            .filter(|p| p.is_vm())
+            .map(|p| Series::new(p.name()))
+            .collect();
+    }
+    let lines: Vec<String> = if is_pvm_host() {
+        match run_in_lab(peers) {
+            Ok(lines) => lines,
+            Err(e) => {
+                eprintln!("lab: {e}");
+                return Vec::new();
+            }
+        }
+    } else {
+        // Here, with this host's peers; results go through the same lines.
+        let mut lines = Vec::new();
+        measure_all(peers, rounds(), &mut |line| lines.push(line));
+        lines
+    };
+    for line in &lines {
+        let Some(fields) = line.strip_prefix(RESULT) else {
+            continue;
+        };
+        let fields: Vec<&str> = fields.split('\t').collect();
+        let [title, system, value] = fields[..] else {
+            continue;
+        };
+        let (Some(table), Ok(value)) = (
+            tables.iter_mut().find(|t| t.title == title),
+            value.parse::<f64>(),
+        ) else {
+            continue;
+        };
+        if let Some(series) = table.series.iter_mut().find(|s| s.system == system) {
+            series.samples.push(value);
+        }
+    }
+    for table in &mut tables {
+        table.series.retain(|s| !s.samples.is_empty());
+    }
+    tables.retain(|t| !t.series.is_empty());
+    tables
+}
+
+/// Files L1 needs for the peers: Firecracker, QEMU with every library it
+/// links and the firmware microvm loads, and Debian's kernel as an ELF.
+fn extras(peers: &[Peer]) -> Result<Vec<lab::Extra>, String> {
+    let kernel = images_dir().join("lab/vmlinux");
+    if !kernel.is_file() {
+        return Err(format!(
+            "{} is missing: run guest-images/build.sh",
+            kernel.display()
+        ));
+    }
+    let mut extra = vec![(kernel, "lab/images/lab/vmlinux".to_string())];
+    for peer in peers {
+        match peer {
+            Peer::Firecracker(bin) => extra.push((bin.clone(), FIRECRACKER_IN_L1[1..].to_string())),
+            Peer::Qemu => {
+                extra.push((PathBuf::from(QEMU), QEMU[1..].to_string()));
+                let ldd = Command::new("ldd")
+                    .arg(QEMU)
+                    .output()
+                    .map_err(|e| format!("ldd {QEMU}: {e}"))?;
+                for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                    // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)",
+                    // or the loader: "/lib64/ld-linux-x86-64.so.2 (0x...)".
+                    let path = line
+                        .split("=>")
+                        .last()
+                        .and_then(|p| p.split_whitespace().next())
+                        .filter(|p| p.starts_with('/'));
+                    if let Some(path) = path {
+                        extra.push((PathBuf::from(path), path[1..].to_string()));
+                    }
+                }
+                for firmware in [
+                    "bios-microvm.bin",
+                    "pvh.bin",
+                    "linuxboot_dma.bin",
+                    "kvmvapic.bin",
+                ] {
+                    let path = Path::new("/usr/share/qemu").join(firmware);
+                    if path.exists() {
+                        extra.push((path, format!("usr/share/qemu/{firmware}")));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(extra)
+}
+
+fn images_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images/out")
+}
+
+fn run_in_lab(peers: &[Peer]) -> Result<Vec<String>, String> {
+    let extra = extras(peers)?;
+    eprintln!(
+        "lab: booting the hardware-KVM lab for {} rounds of every VM peer (minutes)",
+        rounds()
+    );
+    let args = [INNER_ARG.to_string(), rounds().to_string()];
+    let run = lab::run(&args, &extra, LAB_LIMIT, "bench")?;
+    for line in run.output() {
+        if !line.starts_with(RESULT) {
+            eprintln!("lab| {line}");
+        }
+    }
+    eprintln!("lab: L1's whole console is in {}", run.log().display());
+    Ok(run.output().to_vec())
+}
+
+/// Inside L1: measures every peer there and prints the results.
+pub fn inner(rounds: usize) {
+    assert!(
+        in_lab(),
+        "{INNER_ARG} runs inside the hardware-KVM lab only"
+    );
+    let mut peers = vec![Peer::Rvmm];
+    if Path::new(FIRECRACKER_IN_L1).is_file() {
+        peers.push(Peer::Firecracker(FIRECRACKER_IN_L1.into()));
+    }
+    if Path::new(QEMU).is_file() {
+        peers.push(Peer::Qemu);
+    }
+    measure_all(&peers, rounds, &mut |line| println!("{line}"));
+}
+
+fn measure_all(peers: &[Peer], rounds: usize, out: &mut dyn FnMut(String)) {
+    let _ = Command::new("mount")
+        .args(["-t", "debugfs", "debugfs", "/sys/kernel/debug"])
+        .status();
+    crate::common::tap::require_tun();
+    let tap = Tap::create(TAP);
+    tap.set_ipv4([10, 0, 3, 1], 24);
+    let scratch = crate::common::scratch("lab-bench");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let vms: Vec<&Peer> = peers.iter().filter(|p| p.is_vm()).collect();
+    for round in 0..rounds {
+        for peer in &vms {
+            eprintln!("lab bench: round {}, {}", round + 1, peer.name());
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(peer, &scratch)));
+            match result {
+                Ok(values) => {
+                    for (title, value) in values {
+                        out(format!("{RESULT}{title}\t{}\t{value}", peer.name()));
+                    }
+                }
+                Err(_) => eprintln!(
+                    "lab bench: {} failed in round {}; no sample",
+                    peer.name(),
+                    round + 1
+                ),
+            }
+        }
+    }
+}
+
+/// The sum of KVM's counter `name` over the VMs that exist now.
+fn kvm_counter(name: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/kernel/debug/kvm/{name}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One boot of `peer`: its figures, by table title.
+fn measure(peer: &Peer, scratch: &Path) -> Vec<(&'static str, f64)> {
+    let limit = Duration::from_secs(180);
+    let kernel = guest_image("lab/vmlinux");
+    let initrd = guest_image("lab/debian-initramfs.cpio");
+    let spec = VmSpec {
+        kernel: &kernel,
+        mem_mib: 512,
+        cmdline: CMDLINE,
+        disks: &[],
+        initrd: Some(&initrd),
+        net: Some((TAP, MAC)),
+    };
+    let before: Vec<u64> = EXIT_COUNTERS.iter().map(|c| kvm_counter(c)).collect();
+    let started = Instant::now();
+    let mut vm = Console::start_command(vm_command(peer, &spec, scratch), peer.name());
+    vm.expect("debian-guest: user space (", limit);
+    let boot = started.elapsed().as_secs_f64();
+    let exits: Vec<f64> = EXIT_COUNTERS
+        .iter()
+        .zip(&before)
+        .map(|(c, b)| kvm_counter(c).saturating_sub(*b) as f64)
+        .collect();
+    let other = (exits[0] - exits[1] - exits[2] - exits[3]).max(0.0);
+    vm.expect("built-in shell (ash)", limit);
+    vm.run("stty cols 1000", limit);
+    let (status, out) = vm.run(
+        &format!("ip addr add 10.0.3.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 10 {HOST_IP} >/dev/null"),
+        limit,
+    );
+    assert_eq!(
+        status,
+        0,
+        "{}: the guest's network did not come up: {out:?}",
+        peer.name()
+    );
+    let (_, out) = vm.run(&format!("ping -c 20 -i 0.2 -q {HOST_IP}"), limit);
+    // "round-trip min/avg/max = 0.412/0.573/1.020 ms"
+    let rtt: f64 = out
+        .iter()
+        .find_map(|l| l.split(" = ").nth(1))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}: no ping summary in {out:?}", peer.name()));
+
+    // Guest to host: the host reads BULK bytes, timed from the first.
+    let listener = TcpListener::bind((HOST_IP, 5001)).expect("listen on the tap's address");
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().ok()?;
+        stream.set_read_timeout(Some(limit)).ok()?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut first = None;
+        let mut got = 0;
+        while got < BULK {
+            let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+            first.get_or_insert_with(Instant::now);
+            got += n;
+        }
+        Some(first?.elapsed())
+    });
+    vm.run(&format!("tcpbench send {HOST_IP} 5001 {BULK}"), limit);
+    let out_time = reader.join().ok().flatten().unwrap_or_else(|| {
+        panic!(
+            "{}: the guest's TCP stream did not arrive whole",
+            peer.name()
+        )
+    });
+
+    // Host to guest: timed from connect to the guest's close after EOF.
+    vm.run("(tcpbench sink 5002 &)", limit);
+    let deadline = Instant::now() + limit;
+    let mut stream = loop {
+        match TcpStream::connect("10.0.3.2:5002") {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: cannot reach the guest's sink: {e}",
+                    peer.name()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let sent = Instant::now();
+    stream.write_all(&vec![0x5a; BULK]).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let in_time = sent.elapsed();
+
+    vm.send("reboot -f\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vm.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(vm);
+    let mib = |d: Duration| BULK as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    vec![
+        (TABLES[0].0, boot),
+        (TABLES[1].0, exits[0]),
+        (TABLES[2].0, exits[1]),
+        (TABLES[3].0, exits[2]),
+        (TABLES[4].0, exits[3]),
+        (TABLES[5].0, other),
+        (TABLES[6].0, rtt),
+        (TABLES[7].0, mib(out_time)),
+        (TCP_IN_TABLE.0, mib(in_time)),
+    ]
+}
