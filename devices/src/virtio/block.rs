@@ -17,8 +17,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestAddress;
 
 use super::{
-    check_chain, read_config_bytes, GuestMemoryMmap, Served, VirtioDevice, BYTES_PER_NOTIFICATION,
-    REQUESTS_PER_NOTIFICATION, VIRTIO_F_VERSION_1,
+    check_chain, pop_or_rearm, read_config_bytes, GuestMemoryMmap, Served, VirtioDevice,
+    BYTES_PER_NOTIFICATION, REQUESTS_PER_NOTIFICATION, VIRTIO_F_VERSION_1,
 };
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -433,7 +433,7 @@ impl VirtioDevice for Block {
         let (mut requests, mut bytes) = (0, 0);
         let mut out_of_budget = false;
         while !out_of_budget {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_or_rearm(queue, mem) else {
                 break;
             };
             let head = chain.head_index();

@@ -88,6 +88,11 @@ impl MmioTransport {
         &self.queue_evts
     }
 
+    /// What the transport offers: the device's features and EVENT_IDX.
+    fn offered_features(&self) -> u64 {
+        self.device.features() | super::VIRTIO_RING_F_EVENT_IDX
+    }
+
     /// Whether the driver has finished setting the device up.
     pub fn is_activated(&self) -> bool {
         self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
@@ -187,7 +192,7 @@ impl MmioTransport {
             return;
         }
         if adds & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-            let offered = self.device.features();
+            let offered = self.offered_features();
             if self.driver_features & !offered != 0
                 || self.driver_features & super::VIRTIO_F_VERSION_1 == 0
             {
@@ -206,6 +211,10 @@ impl MmioTransport {
         }
         self.status = value;
         if adds & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            let event_idx = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
+            for q in &mut self.queues {
+                q.set_event_idx(event_idx);
+            }
             self.device.activate(self.driver_features);
         }
     }
@@ -218,8 +227,8 @@ impl MmioTransport {
             VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_select {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
                 _ => 0,
             },
             VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),

@@ -7,7 +7,7 @@ pub mod net;
 pub mod vsock;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 /// Guest memory as the devices see it.
@@ -15,6 +15,10 @@ pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
 /// `VIRTIO_F_VERSION_1`: a virtio 1.x (non-legacy) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// `VIRTIO_RING_F_EVENT_IDX`: each side says when it next wants to be
+/// notified, which spares most kicks and interrupts. The transport offers it
+/// for every device; devices take chains through [`pop_or_rearm`].
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// Most requests served for one queue notification before the event loop
 /// gets its turn back; the rest are served on the next round.
@@ -72,6 +76,23 @@ pub trait VirtioDevice: Send {
     /// Forgets per-driver state: the guest reset the device. Called on the
     /// thread that serves the queues, so it may close host resources.
     fn reset(&mut self) {}
+}
+
+/// The next available chain of `queue`. When there is none, notifications
+/// are re-armed first (with EVENT_IDX the guest is told to kick at the next
+/// entry, as it otherwise never would again) and the queue looked at once
+/// more, so that a chain made meanwhile is not left without a kick.
+pub fn pop_or_rearm<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemoryMmap,
+) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
+    if let Some(chain) = queue.pop_descriptor_chain(mem) {
+        return Some(chain);
+    }
+    match queue.enable_notification(mem) {
+        Ok(true) => queue.pop_descriptor_chain(mem),
+        _ => None,
+    }
 }
 
 /// Copies `data.len()` bytes of `config` at `offset`; zeros past its end.

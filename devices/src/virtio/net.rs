@@ -22,7 +22,7 @@ use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestAddress;
 
 use super::{
-    check_chain, read_config_bytes, GuestMemoryMmap, Served, VirtioDevice,
+    check_chain, pop_or_rearm, read_config_bytes, GuestMemoryMmap, Served, VirtioDevice,
     REQUESTS_PER_NOTIFICATION, VIRTIO_F_VERSION_1,
 };
 
@@ -136,7 +136,7 @@ impl Net {
                 Fetch::Later => return served(frames, queue, mem, true),
             }
             // The frame waits in `rx_frame` until the guest posts a buffer.
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_or_rearm(queue, mem) else {
                 return served(frames, queue, mem, false);
             };
             let head = chain.head_index();
@@ -177,7 +177,7 @@ impl Net {
         let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
         let mut frames = 0;
         while frames < REQUESTS_PER_NOTIFICATION {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_or_rearm(queue, mem) else {
                 return served(frames, queue, mem, false);
             };
             let head = chain.head_index();

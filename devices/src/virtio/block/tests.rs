@@ -75,9 +75,16 @@ impl Driver {
     }
 
     fn initialize(&mut self, size: u16) {
+        self.initialize_with(size, 0);
+    }
+
+    /// Sets the device up, taking the feature bits 0-31 in `low_features`.
+    fn initialize_with(&mut self, size: u16, low_features: u32) {
         let t = &mut self.t;
         reg_write(t, VIRTIO_MMIO_STATUS, STATUS_ACKNOWLEDGE);
         reg_write(t, VIRTIO_MMIO_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        reg_write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        reg_write(t, VIRTIO_MMIO_DRIVER_FEATURES, low_features);
         reg_write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
         reg_write(t, VIRTIO_MMIO_DRIVER_FEATURES, 1); // VERSION_1
         let features_ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
@@ -683,4 +690,29 @@ fn a_disk_open_for_writing_is_locked() {
         Err(BlockError::Locked(_))
     ));
     drop(ro1);
+}
+
+#[test]
+fn with_event_idx_the_guest_learns_where_to_kick_and_is_interrupted_when_it_asked() {
+    let mut d = Driver::new(false);
+    reg_write(&mut d.t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+    let offered = reg_read(&mut d.t, VIRTIO_MMIO_DEVICE_FEATURES);
+    assert_ne!(u64::from(offered) & crate::virtio::VIRTIO_RING_F_EVENT_IDX, 0);
+    reg_write(&mut d.t, VIRTIO_MMIO_STATUS, 0);
+    d.initialize_with(QSIZE, crate::virtio::VIRTIO_RING_F_EVENT_IDX as u32);
+    let _ = d.t.queue_evts()[0].read();
+    let _ = d.irq.read();
+    // The driver asks for an interrupt only once its second request is done
+    // (used_event, after the avail ring, is 1).
+    let used_event = AVAIL_RING + 4 + 2 * u64::from(QSIZE);
+    d.mem.write_obj(1u16, GuestAddress(used_event)).unwrap();
+    let avail_event = USED_RING + 4 + 8 * u64::from(QSIZE);
+    assert_eq!(d.request(VIRTIO_BLK_T_IN, 0, Data::FromDevice(512)).0, OK);
+    assert!(d.irq.read().is_err(), "no interrupt before the one asked for");
+    let kick_at: u16 = d.mem.read_obj(GuestAddress(avail_event)).unwrap();
+    assert_eq!(kick_at, 1, "the guest is told to kick for its next request");
+    assert_eq!(d.request(VIRTIO_BLK_T_IN, 1, Data::FromDevice(512)).0, OK);
+    assert_eq!(d.irq.read().unwrap(), 1, "the interrupt the guest asked for");
+    let kick_at: u16 = d.mem.read_obj(GuestAddress(avail_event)).unwrap();
+    assert_eq!(kick_at, 2);
 }

@@ -21,7 +21,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestAddress;
 
 use super::{
-    check_chain, read_config_bytes, GuestMemoryMmap, Served, VirtioDevice,
+    check_chain, pop_or_rearm, read_config_bytes, GuestMemoryMmap, Served, VirtioDevice,
     REQUESTS_PER_NOTIFICATION, VIRTIO_F_VERSION_1,
 };
 pub use connection::CONN_BUF_SIZE;
@@ -75,7 +75,7 @@ impl Vsock {
         let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
         let mut packets = 0;
         while packets < REQUESTS_PER_NOTIFICATION {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_or_rearm(queue, mem) else {
                 return served(packets, queue, mem, false);
             };
             let head = chain.head_index();
@@ -115,7 +115,7 @@ impl Vsock {
             if !self.host.has_packets() {
                 return served(packets, queue, mem, false);
             }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_or_rearm(queue, mem) else {
                 return served(packets, queue, mem, false);
             };
             let head = chain.head_index();
