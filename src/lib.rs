@@ -10,6 +10,7 @@ pub mod console_output;
 pub mod console_socket;
 pub mod disks;
 pub mod host;
+pub mod host_memory;
 pub mod hypervisor;
 pub mod layout;
 pub mod memory;

@@ -1,6 +1,6 @@
-//! Guest RAM: the layout of `--mem` around the 32-bit MMIO hole, the host
-//! mappings behind it (vm-memory, mapped lazily), and the e820 map that tells
-//! the guest about it.
+//! Guest RAM: the layout of `--mem` around the 32-bit MMIO hole, its
+//! registration with KVM, and the e820 map that tells the guest about it
+//! (`host_memory` maps it on the host).
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -25,13 +25,6 @@ pub enum MemoryError {
         "--mem {mib} MiB does not fit in the guest's {phys_bits}-bit physical address space; use less memory"
     )]
     TooLarge { mib: u64, phys_bits: u8 },
-    #[error(
-        "could not map {mib} MiB of host memory for the guest ({source}); use a smaller --mem"
-    )]
-    Map {
-        mib: u64,
-        source: vm_memory::mmap::FromRangesError,
-    },
     #[error("KVM refused guest memory region {slot} ({source}); use a smaller --mem")]
     Register {
         slot: u32,
@@ -72,40 +65,6 @@ pub fn checked_mem_bytes(mib: u64, phys_bits: u8) -> Result<u64, MemoryError> {
         return Err(MemoryError::TooLarge { mib, phys_bits });
     }
     Ok(bytes)
-}
-
-/// Reserves host memory for the guest. Nothing is touched: pages are only
-/// backed when the guest (or the loader) first writes them.
-pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let mib = mem_bytes / MIB;
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_bytes)
-        .into_iter()
-        .map(|(start, len)| (start, len as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { mib, source })
-}
-
-/// Asks for transparent huge pages behind guest memory (2 MiB pages: fewer
-/// page faults and TLB misses). Still lazy: nothing is touched here.
-pub fn advise_huge_pages(mem: &GuestMemoryMmap) {
-    for region in mem.iter() {
-        // SAFETY: the range is exactly one live mapping owned by `mem`;
-        // madvise only changes how the kernel backs it.
-        let rc = unsafe {
-            libc::madvise(
-                region.as_ptr().cast(),
-                region.len() as usize,
-                libc::MADV_HUGEPAGE,
-            )
-        };
-        if rc != 0 {
-            log::warn!(
-                "--hugepages: the host refused transparent huge pages ({}); check /sys/kernel/mm/transparent_hugepage/enabled",
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-    }
 }
 
 /// Tells KVM about every region of guest memory, one slot each.

@@ -6,6 +6,7 @@
 
 use kvm_ioctls::{Kvm, VmFd};
 
+use crate::host_memory::{self, HostMemoryError, HostRam};
 use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 
@@ -15,12 +16,17 @@ pub enum VmError {
     Kvm(#[from] KvmError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    #[error(transparent)]
+    HostMemory(#[from] HostMemoryError),
 }
 
 pub struct Vm {
     /// Declared first: dropped (closed) before `memory`.
     fd: VmFd,
     memory: GuestMemoryMmap,
+    /// Declared last: unmaps guest RAM once `memory` (and every clone of
+    /// it) is gone.
+    _host: HostRam,
 }
 
 impl Vm {
@@ -34,12 +40,16 @@ impl Vm {
     ) -> Result<Vm, VmError> {
         let fd = hypervisor::create_vm(kvm)?;
         on_created();
-        let memory = memory::create_guest_memory(mem_bytes)?;
+        let (memory, host) = host_memory::map_guest_ram(&memory::ram_ranges(mem_bytes))?;
         if hugepages {
-            memory::advise_huge_pages(&memory);
+            host_memory::advise_huge_pages(&memory);
         }
         memory::register_guest_memory(&fd, &memory)?;
-        Ok(Vm { fd, memory })
+        Ok(Vm {
+            fd,
+            memory,
+            _host: host,
+        })
     }
 
     pub fn fd(&self) -> &VmFd {

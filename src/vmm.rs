@@ -337,7 +337,9 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     phase("memory mapped");
 
     let device_args: Vec<String> = (0..device_count).map(virtio_devices::cmdline_arg).collect();
+    let loading = crate::host_memory::huge_pages_while_loading(mem, config.hugepages);
     let kernel = load_guest(config, mem, mem_bytes, &device_args)?;
+    loading.done();
     mptable::write_mptable(mem, config.cpus)?;
     acpi::write_acpi_tables(mem, config.cpus, &acpi_devices(device_count))?;
     phase("kernel loaded");

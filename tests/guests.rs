@@ -417,6 +417,47 @@ fn huge_pages_back_guest_memory_on_request() {
 }
 
 #[test]
+fn what_rvmm_loads_sits_in_huge_pages_and_what_the_guest_touches_does_not() {
+    require_kvm();
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .expect("this test needs transparent huge pages in the host kernel");
+    assert!(
+        thp.contains("[madvise]"),
+        "this test needs THP mode madvise (here: {}); echo madvise > /sys/kernel/mm/transparent_hugepage/enabled",
+        thp.trim()
+    );
+    // A 16 MiB initrd, placed at the top of the guest's 256 MiB, above the
+    // 192 MiB the guest writes page by page.
+    let initrd = common::scratch("huge-initrd.img");
+    std::fs::write(&initrd, common::pseudo_random_bytes(16 << 20, 3)).unwrap();
+    let kernel = guest("touch", Entry::Linux64);
+    let mut vm = Console::start(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--mem",
+            "256",
+            "--cmdline",
+            "console=ttyS0 touch.wait",
+        ],
+        "huge-initrd",
+    );
+    vm.expect("touch: done", LIMIT);
+    let huge = anon_huge_kib(vm.child.id());
+    vm.send("x");
+    assert_eq!(vm.wait_exit(LIMIT).code(), Some(0), "{}", vm.stderr());
+    // The initrd's whole 2 MiB pages (7 or 8 of them): one nested page
+    // fault each for the guest instead of 512. The guest's own 192 MiB:
+    // small pages.
+    assert!(
+        (14 << 10..=16 << 10).contains(&huge),
+        "{huge} KiB in huge pages; the initrd's 16 MiB should be, and nothing else"
+    );
+}
+
+#[test]
 fn boot_timer_reports_when_enabled() {
     require_kvm();
     let kernel = guest("timer", Entry::Linux64);

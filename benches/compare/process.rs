@@ -76,11 +76,13 @@ pub fn time_run_output(cmd: std::process::Command, marker: &str) -> Option<(f64,
 }
 
 /// Resident memory of `pid` that is not guest RAM, in KiB: every mapping's
-/// Rss except the largest anonymous mapping at least as big as guest memory
-/// (Firecracker's method).
+/// Rss except guest RAM's (Firecracker's method): the largest run of
+/// adjacent anonymous mappings at least as big as guest memory (rvmm gives
+/// the first 2 MiB of guest RAM a mapping of its own).
 pub fn overhead_kib(pid: u32, guest_bytes: u64) -> Option<f64> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut mappings: Vec<(u64, u64, bool)> = Vec::new(); // (size, rss KiB, anonymous)
+    // (start, end, rss KiB, anonymous)
+    let mut mappings: Vec<(u64, u64, u64, bool)> = Vec::new();
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields
@@ -88,24 +90,37 @@ pub fn overhead_kib(pid: u32, guest_bytes: u64) -> Option<f64> {
             .is_some_and(|f| f.contains('-') && f.chars().next().unwrap().is_ascii_hexdigit())
         {
             let (a, b) = fields[0].split_once('-')?;
-            let size = u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?;
-            mappings.push((size, 0, fields.len() < 6));
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            mappings.push((a, b, 0, fields.len() < 6));
         } else if fields.first() == Some(&"Rss:") {
-            mappings.last_mut()?.1 = fields[1].parse().ok()?;
+            mappings.last_mut()?.2 = fields[1].parse().ok()?;
         }
     }
-    let guest = mappings
+    // Runs of adjacent anonymous mappings: (first index, last index, size).
+    let mut runs: Vec<(usize, usize, u64)> = Vec::new();
+    for (i, m) in mappings.iter().enumerate() {
+        match runs.last_mut() {
+            Some(run) if m.3 && mappings[run.1].3 && mappings[run.1].1 == m.0 => {
+                run.1 = i;
+                run.2 += m.1 - m.0;
+            }
+            _ => runs.push((i, i, m.1 - m.0)),
+        }
+    }
+    let guest = runs
         .iter()
-        .enumerate()
-        .filter(|(_, m)| m.2 && m.0 >= guest_bytes)
-        .max_by_key(|(_, m)| m.0)
-        .map(|(i, _)| i);
+        .filter(|r| mappings[r.0].3 && r.2 >= guest_bytes)
+        .max_by_key(|r| r.2)
+        .map(|r| r.0..=r.1);
     Some(
         mappings
             .iter()
             .enumerate()
-            .filter(|(i, _)| Some(*i) != guest)
-            .map(|(_, m)| m.1 as f64)
+            .filter(|(i, _)| !guest.as_ref().is_some_and(|g| g.contains(i)))
+            .map(|(_, m)| m.2 as f64)
             .sum(),
     )
 }
