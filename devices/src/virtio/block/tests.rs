@@ -697,7 +697,10 @@ fn with_event_idx_the_guest_learns_where_to_kick_and_is_interrupted_when_it_aske
     let mut d = Driver::new(false);
     reg_write(&mut d.t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
     let offered = reg_read(&mut d.t, VIRTIO_MMIO_DEVICE_FEATURES);
-    assert_ne!(u64::from(offered) & crate::virtio::VIRTIO_RING_F_EVENT_IDX, 0);
+    assert_ne!(
+        u64::from(offered) & crate::virtio::VIRTIO_RING_F_EVENT_IDX,
+        0
+    );
     reg_write(&mut d.t, VIRTIO_MMIO_STATUS, 0);
     d.initialize_with(QSIZE, crate::virtio::VIRTIO_RING_F_EVENT_IDX as u32);
     let _ = d.t.queue_evts()[0].read();
@@ -708,11 +711,18 @@ fn with_event_idx_the_guest_learns_where_to_kick_and_is_interrupted_when_it_aske
     d.mem.write_obj(1u16, GuestAddress(used_event)).unwrap();
     let avail_event = USED_RING + 4 + 8 * u64::from(QSIZE);
     assert_eq!(d.request(VIRTIO_BLK_T_IN, 0, Data::FromDevice(512)).0, OK);
-    assert!(d.irq.read().is_err(), "no interrupt before the one asked for");
+    assert!(
+        d.irq.read().is_err(),
+        "no interrupt before the one asked for"
+    );
     let kick_at: u16 = d.mem.read_obj(GuestAddress(avail_event)).unwrap();
     assert_eq!(kick_at, 1, "the guest is told to kick for its next request");
     assert_eq!(d.request(VIRTIO_BLK_T_IN, 1, Data::FromDevice(512)).0, OK);
-    assert_eq!(d.irq.read().unwrap(), 1, "the interrupt the guest asked for");
+    assert_eq!(
+        d.irq.read().unwrap(),
+        1,
+        "the interrupt the guest asked for"
+    );
     let kick_at: u16 = d.mem.read_obj(GuestAddress(avail_event)).unwrap();
     assert_eq!(kick_at, 2);
 }
