@@ -227,6 +227,75 @@ impl StartGate {
     }
 }
 
+/// Pausing the VM: every vCPU leaves the guest (kicked out of KVM_RUN) and
+/// waits outside it until resumed, or until the VM stops.
+#[derive(Default)]
+pub struct Pause {
+    /// Read on every exit: the fast path takes no lock.
+    requested: std::sync::atomic::AtomicBool,
+    parked: Mutex<usize>,
+    changed: Condvar,
+    /// The vCPU threads, to kick.
+    threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+impl Pause {
+    /// Adds a vCPU thread to kick when pausing.
+    pub fn add_thread(&self, thread: libc::pthread_t) {
+        crate::sync::lock(&self.threads).push(thread);
+    }
+
+    /// Pauses the vCPUs; true once all `count` of them are out of the
+    /// guest, false if they were not within `limit` (they still will be).
+    pub fn pause(&self, count: usize, limit: std::time::Duration) -> bool {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for &thread in crate::sync::lock(&self.threads).iter() {
+            // SAFETY: the threads are the VM's vCPU threads, which live until
+            // they are joined after the event loop (this caller) ends.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+        let parked = crate::sync::lock(&self.parked);
+        let (parked, _) = self
+            .changed
+            .wait_timeout_while(parked, limit, |parked| *parked < count)
+            .unwrap_or_else(|e| e.into_inner());
+        *parked >= count
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.requested
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let _parked = crate::sync::lock(&self.parked);
+        self.changed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// On a vCPU thread between two runs: waits while the VM is paused and
+    /// not stopping.
+    fn park_while_paused(&self, stop: &VmStop) {
+        if !self.is_paused() {
+            return;
+        }
+        let mut parked = crate::sync::lock(&self.parked);
+        *parked += 1;
+        self.changed.notify_all();
+        while self.is_paused() && !stop.is_stopping() {
+            // Woken by resume; a stop is seen within the timeout.
+            parked = self
+                .changed
+                .wait_timeout(parked, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *parked -= 1;
+    }
+}
+
 /// One vCPU, ready to run on its own thread.
 pub struct Vcpu {
     pub id: u8,
@@ -299,9 +368,11 @@ impl Vcpu {
         }
     }
 
-    /// Runs the guest until this vCPU or another one stops the VM.
-    fn run(&mut self, stop: &VmStop) {
+    /// Runs the guest until this vCPU or another one stops the VM, waiting
+    /// outside the guest while it is paused.
+    fn run(&mut self, stop: &VmStop, pause: &Pause) {
         while !stop.is_stopping() {
+            pause.park_while_paused(stop);
             let action = match self.fd.run() {
                 Ok(exit) => handle_exit(exit, &self.io_bus, &self.mmio_bus),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -345,6 +416,7 @@ impl Vcpu {
         mut self,
         stop: Arc<VmStop>,
         gate: Arc<StartGate>,
+        pause: Arc<Pause>,
         sandbox: bool,
     ) -> std::io::Result<VcpuHandle> {
         let id = self.id;
@@ -363,7 +435,7 @@ impl Vcpu {
                 gate.wait();
                 let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
                 IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
-                stop_on_panic(id, &stop, || self.run(&stop));
+                stop_on_panic(id, &stop, || self.run(&stop, &pause));
                 IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
                 // The vCPU (and its kvm_run mapping) goes back to the VMM.
                 self
@@ -384,6 +456,11 @@ pub struct VcpuHandle {
 pub struct VcpuThreadPanicked(pub u8);
 
 impl VcpuHandle {
+    /// The thread, to kick it when pausing.
+    pub fn pthread(&self) -> libc::pthread_t {
+        self.thread.as_pthread_t()
+    }
+
     /// Makes the vCPU leave KVM_RUN now, or not enter it again: its own
     /// thread's signal handler does the work (see [`on_kick`]).
     pub fn kick(&self) {

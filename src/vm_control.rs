@@ -1,9 +1,11 @@
 //! How a running VM comes to a stop: a guest reset or power-off, a host
 //! signal, or a vCPU that stopped. SIGTERM first asks the guest to shut down
-//! in order (Ctrl-Alt-Del) and stops it hard only after a bounded time.
+//! in order (Ctrl-Alt-Del) and stops it hard only after a bounded time. The
+//! API's requests to a running VM (Ctrl-Alt-Del, pause, resume) are served
+//! here too.
 
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -13,7 +15,31 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::signals::{self, StopSignals};
-use crate::vcpu::{StopReason, VmStop};
+use crate::vcpu::{Pause, StopReason, VmStop};
+
+/// How long a pause waits for every vCPU to leave the guest.
+const PAUSE_LIMIT: Duration = Duration::from_secs(2);
+
+/// What the API asks of a running VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmAction {
+    CtrlAltDel,
+    Pause,
+    Resume,
+}
+
+/// One request, and where its outcome goes.
+pub struct VmRequest {
+    pub action: VmAction,
+    pub reply: mpsc::Sender<Result<(), String>>,
+}
+
+/// The running VM's end of the API: `wake` is signalled after each request
+/// is sent on the channel.
+pub struct VmRequests {
+    pub wake: EventFd,
+    pub receiver: mpsc::Receiver<VmRequest>,
+}
 
 /// Turns the VMM's own wake-ups (guest reset or power-off, host signal,
 /// vCPU stop) into a stop request. SIGTERM first asks the guest to shut down
@@ -28,6 +54,9 @@ pub struct VmControl {
     stop_timeout: Duration,
     stop_timer: TimerFd,
     shutdown_asked: bool,
+    requests: Option<VmRequests>,
+    pause: Arc<Pause>,
+    vcpus: usize,
 }
 
 impl VmControl {
@@ -52,7 +81,63 @@ impl VmControl {
             stop_timeout,
             stop_timer,
             shutdown_asked: false,
+            requests: None,
+            pause: Arc::default(),
+            vcpus: 0,
         })
+    }
+
+    /// Also serves the API's `requests`; `pause` is what the VM's `vcpus`
+    /// vCPUs park on.
+    pub fn serving(
+        mut self,
+        requests: Option<VmRequests>,
+        pause: Arc<Pause>,
+        vcpus: usize,
+    ) -> Self {
+        self.requests = requests;
+        self.pause = pause;
+        self.vcpus = vcpus;
+        self
+    }
+
+    /// Carries out the API's requests.
+    fn serve_requests(&mut self) {
+        let Some(requests) = &self.requests else {
+            return;
+        };
+        let _ = requests.wake.read();
+        while let Ok(request) = requests.receiver.try_recv() {
+            let outcome = match request.action {
+                VmAction::CtrlAltDel => {
+                    // As Firecracker's: done, whether or not a driver hears it.
+                    if crate::sync::lock(&self.i8042).press_ctrl_alt_del() {
+                        log::info!("API: pressed Ctrl-Alt-Del");
+                    } else {
+                        log::info!(
+                            "API: Ctrl-Alt-Del, but the guest has no keyboard driver to hear it"
+                        );
+                    }
+                    Ok(())
+                }
+                VmAction::Pause => {
+                    if self.pause.pause(self.vcpus, PAUSE_LIMIT) {
+                        log::info!("API: the VM is paused");
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "not every vCPU left the guest within {PAUSE_LIMIT:?}; it is pausing"
+                        ))
+                    }
+                }
+                VmAction::Resume => {
+                    self.pause.resume();
+                    log::info!("API: the VM runs again");
+                    Ok(())
+                }
+            };
+            let _ = request.reply.send(outcome);
+        }
     }
 
     fn on_signal(&mut self, signal: i32) {
@@ -88,7 +173,10 @@ impl MutEventSubscriber for VmControl {
             self.signals.evt.as_raw_fd(),
             self.stop.eventfd().as_raw_fd(),
             self.stop_timer.as_raw_fd(),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.requests.as_ref().map(|r| r.wake.as_raw_fd()))
+        {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 log::error!("cannot watch VM control events: {e:?}");
             }
@@ -107,6 +195,12 @@ impl MutEventSubscriber for VmControl {
             let _ = self.signals.evt.read();
             let signal = signals::last_signal().unwrap_or(libc::SIGTERM);
             self.on_signal(signal);
+        } else if self
+            .requests
+            .as_ref()
+            .is_some_and(|r| r.wake.as_raw_fd() == fd)
+        {
+            self.serve_requests();
         } else if fd == self.stop_timer.as_raw_fd() {
             let _ = self.stop_timer.wait();
             log::warn!(

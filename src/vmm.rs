@@ -28,10 +28,10 @@ use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::net::{self, NetError};
 use crate::seccomp;
 use crate::signals::StopSignals;
-use crate::vcpu::{self, StartGate, StopError, StopReason, Vcpu, VcpuHandle, VmStop};
+use crate::vcpu::{self, Pause, StartGate, StopError, StopReason, Vcpu, VcpuHandle, VmStop};
 use crate::virtio_devices::{self, AttachError};
 use crate::vm::{Vm, VmError};
-use crate::vm_control::VmControl;
+use crate::vm_control::{VmControl, VmRequests};
 use crate::vsock;
 use crate::x86::acpi::{self, AcpiDevice};
 use crate::x86::regs::{self, EntryMode, RegsError};
@@ -297,8 +297,21 @@ fn create_vcpus(
         .collect()
 }
 
+/// What a run hands to others: the API's requests to serve, and who to tell
+/// once the VM is built and its guest about to run.
+#[derive(Default)]
+pub struct RunHooks {
+    pub requests: Option<VmRequests>,
+    pub on_started: Option<Box<dyn FnOnce() + Send>>,
+}
+
 /// Builds the VM described by `config`, runs it until it stops, and returns why.
 pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
+    run_with(config, RunHooks::default())
+}
+
+/// As [`run`], with `hooks`.
+pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, VmmError> {
     phase("configuration read");
     check_input_files(config)?;
     // Before any host resource, so a bad --serial path gets its own message.
@@ -398,6 +411,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         events.add_subscriber(Arc::new(Mutex::new(device)));
     }
     events.add_subscriber(output_pump.clone());
+    let pause = Arc::new(Pause::default());
     let control = VmControl::new(
         devices.reset_evt,
         devices.power_off_evt,
@@ -406,7 +420,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         devices.i8042,
         config.stop_timeout,
     )
-    .map_err(setup("create the stop timer"))?;
+    .map_err(setup("create the stop timer"))?
+    .serving(hooks.requests.take(), pause.clone(), vcpus.len());
     events.add_subscriber(Arc::new(Mutex::new(control)));
 
     phase("first KVM_RUN");
@@ -415,8 +430,11 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let id = vcpu.id;
-        match vcpu.start(stop.clone(), gate.clone(), config.seccomp) {
-            Ok(handle) => handles.push(handle),
+        match vcpu.start(stop.clone(), gate.clone(), pause.clone(), config.seccomp) {
+            Ok(handle) => {
+                pause.add_thread(handle.pthread());
+                handles.push(handle);
+            }
             Err(e) => {
                 stop.request(StopReason::Error(StopError::VcpuThread {
                     vcpu: id,
@@ -434,9 +452,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     } else {
         log::warn!("--no-seccomp: rvmm runs without its sandbox; a guest that breaks out of a device reaches the whole host user");
     }
+    if let Some(started) = hooks.on_started.take() {
+        started();
+    }
     gate.open();
 
     run_event_loop(&mut events, &stop);
+    // Paused vCPUs wait outside the guest: let them see the stop.
+    pause.resume();
     for handle in &handles {
         handle.kick();
     }
