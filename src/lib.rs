@@ -3,6 +3,7 @@
 //! [`vmm::run`] builds a VM from a [`config::VmConfig`] and runs it until the
 //! guest resets or powers off, or the host stops it.
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod console;
@@ -13,6 +14,7 @@ pub mod host;
 pub mod host_memory;
 pub mod hypervisor;
 pub mod layout;
+pub mod log_target;
 pub mod memory;
 pub mod net;
 pub mod seccomp;
@@ -29,4 +31,4 @@ pub mod x86;
 
 pub use config::VmConfig;
 pub use vcpu::StopReason;
-pub use vmm::{run, VmmError};
+pub use vmm::{run, run_with, RunHooks, VmmError};

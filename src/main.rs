@@ -18,9 +18,10 @@ use rvmm::StopReason;
 #[command(name = "rvmm", version, after_help = after_help())]
 struct Cli {
     /// Guest kernel: a bzImage, an ELF vmlinux, or an ELF with a PVH entry
-    /// note. The format is read from the file's content.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    /// note. The format is read from the file's content. Required unless
+    /// --config-file or --api-sock gives the VM instead.
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config_file", "api_sock"])]
+    kernel: Option<PathBuf>,
 
     /// Initial ramdisk (initramfs) to hand to the kernel.
     #[arg(long, value_name = "PATH")]
@@ -43,6 +44,24 @@ struct Cli {
     /// Number of vCPUs, one host thread each.
     #[arg(long, value_name = "N", default_value_t = rvmm::config::DEFAULT_CPUS)]
     cpus: u8,
+
+    /// Serve Firecracker's REST API on the Unix socket PATH (HTTP/1.1, its
+    /// request and response bodies): configure the VM with PUT requests and
+    /// start it with InstanceStart, as tools written for Firecracker do.
+    #[arg(long, value_name = "PATH", conflicts_with_all = VM_FLAGS)]
+    api_sock: Option<PathBuf>,
+
+    /// Boot the VM Firecracker's JSON configuration FILE describes
+    /// (boot-source, drives, machine-config, network-interfaces, vsock,
+    /// logger), instead of --kernel and the other VM flags. With --api-sock
+    /// the VM starts at once and the API serves it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = VM_FLAGS)]
+    config_file: Option<PathBuf>,
+
+    /// No API socket (Firecracker's flag; rvmm serves one only with
+    /// --api-sock). Needs --config-file.
+    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+    no_api: bool,
 
     /// Back guest memory with transparent huge pages (madvise), which cuts
     /// page faults and TLB misses; needs THP "madvise" or "always" on the host.
@@ -111,6 +130,19 @@ struct Cli {
     no_seccomp: bool,
 }
 
+/// The flags that describe the VM, which --config-file and --api-sock replace.
+const VM_FLAGS: [&str; 9] = [
+    "kernel",
+    "initrd",
+    "cmdline",
+    "cmdline_append",
+    "mem",
+    "cpus",
+    "disks",
+    "nets",
+    "vsock",
+];
+
 fn after_help() -> String {
     format!("Default kernel command line:\n  {DEFAULT_CMDLINE}")
 }
@@ -120,36 +152,40 @@ fn init_logging(path: Option<&std::path::Path>, level: Option<&str>) -> Result<(
     // virtio-queue logs errors about queues a guest set up wrong; a hostile
     // guest must not be able to flood the host's logs through it.
     const QUIET: &str = "virtio_queue=off";
-    let mut builder = match level {
-        Some(level) => {
-            let level = match level.to_ascii_lowercase().as_str() {
-                "warning" => log::LevelFilter::Warn,
-                other => other.parse().map_err(|_| {
-                    format!("--log-level '{level}' is not a level; use off, error, warn, info, debug or trace")
-                })?,
-            };
-            let mut builder = env_logger::Builder::new();
-            builder.parse_filters(&format!("{level},{QUIET}"));
-            builder
-        }
-        None => env_logger::Builder::from_env(
-            env_logger::Env::default().default_filter_or(format!("warn,{QUIET}")),
-        ),
+    let level = level
+        .map(|level| {
+            rvmm::log_target::parse_level(level).ok_or_else(|| {
+                format!("--log-level '{level}' is not a level; use off, error, warn, info, debug or trace")
+            })
+        })
+        .transpose()?;
+    // RUST_LOG's per-module levels stand unless --log-level is given; else
+    // the level is log's global one, which the API's PUT /logger may change.
+    let from_env = level.is_none() && std::env::var_os("RUST_LOG").is_some();
+    let mut builder = if from_env {
+        env_logger::Builder::from_env(env_logger::Env::default())
+    } else {
+        let mut builder = env_logger::Builder::new();
+        builder.parse_filters(&format!("trace,{QUIET}"));
+        builder
     };
     if let Some(path) = path {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| {
-                format!(
-                    "cannot open --log-path '{}': {e}; give a writable path",
-                    path.display()
-                )
-            })?;
-        builder.target(env_logger::Target::Pipe(Box::new(file)));
+        rvmm::log_target::set_path(path).map_err(|e| {
+            format!(
+                "cannot open --log-path '{}': {e}; give a writable path",
+                path.display()
+            )
+        })?;
     }
-    builder.format_timestamp_millis().init();
+    builder
+        .target(env_logger::Target::Pipe(Box::new(
+            rvmm::log_target::LogWriter,
+        )))
+        .format_timestamp_millis()
+        .init();
+    if !from_env {
+        log::set_max_level(level.unwrap_or(log::LevelFilter::Warn));
+    }
     Ok(())
 }
 
@@ -215,7 +251,7 @@ fn main() -> ExitCode {
         }
     };
     let config = VmConfig {
-        kernel: cli.kernel,
+        kernel: cli.kernel.unwrap_or_default(),
         initrd: cli.initrd,
         cmdline: cli.cmdline,
         cmdline_append: cli.cmdline_append,
@@ -230,7 +266,25 @@ fn main() -> ExitCode {
         nets,
         vsock,
     };
-    match rvmm::run(&config) {
+    if let Some(socket) = &cli.api_sock {
+        return serve_api(socket, cli.config_file.as_deref(), config);
+    }
+    let config = match &cli.config_file {
+        Some(file) => match config_from_file(file, &config) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("rvmm: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => config,
+    };
+    stopped(rvmm::run(&config))
+}
+
+/// The exit status for how the VM ended, saying why when it is an error.
+fn stopped(result: Result<StopReason, rvmm::VmmError>) -> ExitCode {
+    match result {
         Ok(reason) => {
             if let StopReason::Error(message) = &reason {
                 eprintln!("rvmm: error: {message}");
@@ -242,4 +296,66 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The VM a Firecracker configuration file describes, with rvmm's own
+/// settings from `base`.
+fn config_from_file(file: &std::path::Path, base: &VmConfig) -> Result<VmConfig, String> {
+    let full = rvmm::api::read_config_file(file).map_err(|e| e.to_string())?;
+    if let Some(logger) = &full.logger {
+        rvmm::log_target::configure(
+            logger.log_path.as_deref().map(std::path::Path::new),
+            logger.level.as_deref(),
+        )?;
+    }
+    rvmm::api::config::vm_config(&full, base)
+        .map_err(|e| format!("--config-file {}: {e}", file.display()))
+}
+
+/// `--api-sock`: the API thread gathers the VM's configuration; this thread
+/// builds and runs each VM it is given, until one has run.
+fn serve_api(
+    socket: &std::path::Path,
+    config_file: Option<&std::path::Path>,
+    base: VmConfig,
+) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("rvmm: error: {e}");
+        ExitCode::FAILURE
+    };
+    let preset = match config_file.map(rvmm::api::read_config_file).transpose() {
+        Ok(preset) => preset.unwrap_or_default(),
+        Err(e) => return fail(e.to_string()),
+    };
+    let listener = match rvmm::unix_listener::listen(socket, "--api-sock") {
+        Ok(listener) => listener,
+        Err(e) => return fail(e.to_string()),
+    };
+    let autostart = config_file.is_some();
+    let starts = match rvmm::api::spawn(listener, base, preset, autostart) {
+        Ok(starts) => starts,
+        Err(e) => return fail(e.to_string()),
+    };
+    while let Ok(start) = starts.recv() {
+        let reply = start.reply.clone();
+        let hooks = rvmm::RunHooks {
+            requests: Some(start.requests),
+            on_started: Some(Box::new(move || {
+                let _ = reply.send(Ok(()));
+            })),
+        };
+        match rvmm::run_with(&start.config, hooks) {
+            Err(e) if !autostart => {
+                // The API tells its client; the VM may be configured again.
+                log::warn!("InstanceStart failed: {e}");
+                let _ = start.reply.send(Err(e.to_string()));
+            }
+            Err(e) => {
+                let _ = start.reply.send(Err(e.to_string()));
+                return fail(e.to_string());
+            }
+            result => return stopped(result),
+        }
+    }
+    fail("the API thread stopped; see the log above".into())
 }
