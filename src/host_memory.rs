@@ -32,10 +32,22 @@ pub enum HostMemoryError {
     Region { at: u64, why: String },
 }
 
+/// Guest RAM and the mappings behind it. Fields drop in the order they are
+/// declared: the memory first, then what unmaps it.
+pub struct GuestRam {
+    memory: GuestMemoryMmap,
+    _host: HostRam,
+}
+
+impl GuestRam {
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+}
+
 /// Unmaps guest RAM once nothing else can reach it (rvmm maps it itself,
-/// so vm-memory's regions do not own their mappings). Dropped after the
-/// VM's `GuestMemoryMmap`.
-pub struct HostRam {
+/// so vm-memory's regions do not own their mappings).
+struct HostRam {
     regions: Vec<(Arc<GuestRegionMmap<()>>, usize, usize)>,
 }
 
@@ -90,10 +102,9 @@ fn map_aligned(len: usize) -> std::io::Result<usize> {
 }
 
 /// Maps guest RAM for `ranges` (guest address, length), lazily and 2 MiB
-/// aligned; the returned `HostRam` must outlive the memory.
-pub fn map_guest_ram(
-    ranges: &[(GuestAddress, u64)],
-) -> Result<(GuestMemoryMmap, HostRam), HostMemoryError> {
+/// aligned. Clones of its memory may outlive it: a region still reachable
+/// when the `GuestRam` goes is left mapped.
+pub fn map_guest_ram(ranges: &[(GuestAddress, u64)]) -> Result<GuestRam, HostMemoryError> {
     let mib = ranges.iter().map(|(_, len)| len).sum::<u64>() >> 20;
     let mut host = HostRam {
         regions: Vec::new(),
@@ -129,7 +140,10 @@ pub fn map_guest_ram(
         at: 0,
         why: e.to_string(),
     })?;
-    Ok((mem, host))
+    Ok(GuestRam {
+        memory: mem,
+        _host: host,
+    })
 }
 
 /// The host's transparent-huge-page mode: `always`, `madvise` or `never`.
@@ -220,7 +234,8 @@ mod tests {
             (GuestAddress(0), 64 << 20),
             (GuestAddress(1 << 32), 6 << 20),
         ];
-        let (mem, host) = map_guest_ram(&ranges).unwrap();
+        let ram = map_guest_ram(&ranges).unwrap();
+        let mem = ram.memory();
         for region in mem.iter() {
             assert_eq!(
                 region.as_ptr() as usize % HUGE_PAGE,
@@ -236,8 +251,7 @@ mod tests {
             0x1234_5678
         );
         let addr = mem.iter().next().unwrap().as_ptr() as usize;
-        drop(mem);
-        drop(host);
+        drop(ram);
         // Unmapped: the address range is free again.
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         assert!(
@@ -248,10 +262,9 @@ mod tests {
 
     #[test]
     fn guest_ram_that_is_still_reachable_stays_mapped() {
-        let (mem, host) = map_guest_ram(&[(GuestAddress(0), 4 << 20)]).unwrap();
-        let other = mem.clone();
-        drop(mem);
-        drop(host);
+        let ram = map_guest_ram(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let other = ram.memory().clone();
+        drop(ram);
         other.write_obj(7u8, GuestAddress(0x1000)).unwrap();
         assert_eq!(other.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 7);
     }

@@ -6,7 +6,7 @@
 
 use kvm_ioctls::{Kvm, VmFd};
 
-use crate::host_memory::{self, HostMemoryError, HostRam};
+use crate::host_memory::{self, GuestRam, HostMemoryError};
 use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 
@@ -23,10 +23,7 @@ pub enum VmError {
 pub struct Vm {
     /// Declared first: dropped (closed) before `memory`.
     fd: VmFd,
-    memory: GuestMemoryMmap,
-    /// Declared last: unmaps guest RAM once `memory` (and every clone of
-    /// it) is gone.
-    _host: HostRam,
+    ram: GuestRam,
 }
 
 impl Vm {
@@ -40,16 +37,12 @@ impl Vm {
     ) -> Result<Vm, VmError> {
         let fd = hypervisor::create_vm(kvm)?;
         on_created();
-        let (memory, host) = host_memory::map_guest_ram(&memory::ram_ranges(mem_bytes))?;
+        let ram = host_memory::map_guest_ram(&memory::ram_ranges(mem_bytes))?;
         if hugepages {
-            host_memory::advise_huge_pages(&memory);
+            host_memory::advise_huge_pages(ram.memory());
         }
-        memory::register_guest_memory(&fd, &memory)?;
-        Ok(Vm {
-            fd,
-            memory,
-            _host: host,
-        })
+        memory::register_guest_memory(&fd, ram.memory())?;
+        Ok(Vm { fd, ram })
     }
 
     pub fn fd(&self) -> &VmFd {
@@ -57,6 +50,6 @@ impl Vm {
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.memory
+        self.ram.memory()
     }
 }

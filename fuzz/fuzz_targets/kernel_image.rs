@@ -8,7 +8,6 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::FromRawFd;
 
 use libfuzzer_sys::fuzz_target;
-use rvmm::memory::create_guest_memory;
 
 /// A memfd reached by path, as rvmm opens kernels by path.
 fn memfd_with(bytes: &[u8]) -> (std::fs::File, String) {
@@ -23,10 +22,11 @@ fn memfd_with(bytes: &[u8]) -> (std::fs::File, String) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mem = create_guest_memory(32 << 20).unwrap();
+    let ram = rvmm::host_memory::map_guest_ram(&rvmm::memory::ram_ranges(32 << 20)).unwrap();
+    let mem = ram.memory();
     let (_keep, path) = memfd_with(data);
-    if let Ok(kernel) = rvmm::boot::load_kernel(&mem, std::path::Path::new(&path)) {
+    if let Ok(kernel) = rvmm::boot::load_kernel(mem, std::path::Path::new(&path)) {
         let (_keep_initrd, initrd) = memfd_with(&data[..data.len().min(4096)]);
-        let _ = rvmm::boot::load_initrd(&mem, std::path::Path::new(&initrd), &kernel);
+        let _ = rvmm::boot::load_initrd(mem, std::path::Path::new(&initrd), &kernel);
     }
 });

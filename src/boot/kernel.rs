@@ -355,9 +355,9 @@ mod tests {
         image[0x260..0x264].copy_from_slice(&0x10_0000_u32.to_le_bytes()); // init_size
         let path = std::env::temp_dir().join(format!("rvmm-bz-top-{}", std::process::id()));
         std::fs::write(&path, &image).unwrap();
-        let (mem, _host) =
-            crate::host_memory::map_guest_ram(&crate::memory::ram_ranges(32 * MIB)).unwrap();
-        let result = load_kernel(&mem, &path);
+        let ram = crate::host_memory::map_guest_ram(&crate::memory::ram_ranges(32 * MIB)).unwrap();
+        let mem = ram.memory();
+        let result = load_kernel(mem, &path);
         std::fs::remove_file(&path).unwrap();
         assert!(
             matches!(result, Err(BootError::KernelOutOfReach { .. })),
