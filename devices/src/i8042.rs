@@ -57,6 +57,17 @@ const DEFAULT_CTR: u8 = 0x45;
 
 /// The controller: a configuration byte, one output byte, key bytes waiting
 /// behind it, the keyboard interrupt and the reset line.
+/// The controller's state, for a snapshot.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct I8042State {
+    pub ctr: u8,
+    pub output: Option<u8>,
+    pub pending_keys: Vec<u8>,
+    pub last_was_command: bool,
+    pub expecting_ctr: bool,
+    pub driver_listening: bool,
+}
+
 #[derive(Debug)]
 pub struct I8042 {
     reset_evt: EventFd,
@@ -85,6 +96,34 @@ impl I8042 {
             expecting_ctr: false,
             driver_listening: false,
         }
+    }
+
+    /// The controller's state, for a snapshot.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            output: self.output,
+            pending_keys: self.pending_keys.iter().copied().collect(),
+            last_was_command: self.last_was_command,
+            expecting_ctr: self.expecting_ctr,
+            driver_listening: self.driver_listening,
+        }
+    }
+
+    /// Takes the state a snapshot saved (at most the key bytes a running
+    /// controller would hold).
+    pub fn restore(&mut self, state: &I8042State) {
+        self.ctr = state.ctr;
+        self.output = state.output;
+        self.pending_keys = state
+            .pending_keys
+            .iter()
+            .copied()
+            .take(MAX_PENDING_KEY_BYTES)
+            .collect();
+        self.last_was_command = state.last_was_command;
+        self.expecting_ctr = state.expecting_ctr;
+        self.driver_listening = state.driver_listening;
     }
 
     /// Presses and releases Ctrl-Alt-Del. Returns false, and does nothing,

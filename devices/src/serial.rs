@@ -4,7 +4,8 @@
 
 use std::io::Write;
 
-use vm_superio::serial::SerialEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -49,6 +50,21 @@ impl SerialEvents for InputSpaceNotifier {
 }
 
 /// COM1: guest writes go to `out`, host input is queued with [`Self::queue_input`].
+/// The UART's registers and unread input, for a snapshot.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SerialConsoleState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 pub struct SerialConsole {
     uart: Serial<EventFdTrigger, InputSpaceNotifier, Box<dyn Write + Send>>,
 }
@@ -63,6 +79,53 @@ impl SerialConsole {
                 InputSpaceNotifier(input_space),
                 out,
             ),
+        }
+    }
+
+    /// A console in the state a snapshot saved; refused when the state is
+    /// not one a UART can be in (more input than its FIFO holds).
+    pub fn with_state(
+        irq: EventFd,
+        input_space: EventFd,
+        out: Box<dyn Write + Send>,
+        state: &SerialConsoleState,
+    ) -> Result<Self, String> {
+        let state = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(
+            &state,
+            EventFdTrigger::new(irq),
+            InputSpaceNotifier(input_space),
+            out,
+        )
+        .map_err(|e| format!("the serial console's state is not a UART's: {e:?}"))?;
+        Ok(Self { uart })
+    }
+
+    /// The UART's state, for a snapshot.
+    pub fn state(&self) -> SerialConsoleState {
+        let s = self.uart.state();
+        SerialConsoleState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

@@ -28,6 +28,36 @@ const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x5256_4d4d; // "RVMM"
 
+/// A queue as a snapshot keeps it (virtio-queue's `QueueState`, which
+/// has no serde).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+/// The transport's registers and queues, for a snapshot.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub driver_features: u64,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub queue_select: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queue_misconfigured: Vec<bool>,
+    pub queues: Vec<QueueSnapshot>,
+}
+
 /// One virtio device behind its MMIO registers.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -81,6 +111,99 @@ impl MmioTransport {
             config_generation: 0,
             device_reset_pending: false,
         })
+    }
+
+    /// The transport's state, for a snapshot.
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            driver_features: self.driver_features,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+            queue_misconfigured: self.queue_misconfigured.clone(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let s = q.state();
+                    QueueSnapshot {
+                        max_size: s.max_size,
+                        next_avail: s.next_avail,
+                        next_used: s.next_used,
+                        event_idx_enabled: s.event_idx_enabled,
+                        size: s.size,
+                        ready: s.ready,
+                        desc_table: s.desc_table,
+                        avail_ring: s.avail_ring,
+                        used_ring: s.used_ring,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes the state a snapshot saved, which must be one this device can
+    /// be in: its type, its queues and their limits, features it offers.
+    /// The driver is told of its features again, and every ready queue is
+    /// served once: a notification the snapshot caught unread is not lost.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), String> {
+        if state.device_type != self.device.device_type() {
+            return Err(format!(
+                "a virtio device of type {} where this VM has type {}",
+                state.device_type,
+                self.device.device_type()
+            ));
+        }
+        if state.queues.len() != self.queues.len()
+            || state.queue_misconfigured.len() != self.queues.len()
+        {
+            return Err("a virtio device with another number of queues".into());
+        }
+        if state.driver_features & !self.offered_features() != 0 {
+            return Err("a virtio driver with features this device does not offer".into());
+        }
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (saved, current) in state.queues.iter().zip(&self.queues) {
+            if saved.max_size != current.max_size() {
+                return Err("a virtio queue of another size limit".into());
+            }
+            let queue = Queue::try_from(virtio_queue::QueueState {
+                max_size: saved.max_size,
+                next_avail: saved.next_avail,
+                next_used: saved.next_used,
+                event_idx_enabled: saved.event_idx_enabled,
+                size: saved.size,
+                ready: saved.ready,
+                desc_table: saved.desc_table,
+                avail_ring: saved.avail_ring,
+                used_ring: saved.used_ring,
+            })
+            .map_err(|e| format!("a virtio queue that cannot be: {e}"))?;
+            queues.push(queue);
+        }
+        self.queues = queues;
+        self.status = state.status;
+        self.driver_features = state.driver_features;
+        self.device_features_select = state.device_features_select;
+        self.driver_features_select = state.driver_features_select;
+        self.queue_select = state.queue_select;
+        self.config_generation = state.config_generation;
+        self.interrupt_status
+            .store(state.interrupt_status, Ordering::SeqCst);
+        self.queue_misconfigured = state.queue_misconfigured.clone();
+        if self.is_activated() {
+            self.device.activate(self.driver_features);
+            for (queue, evt) in self.queues.iter().zip(&self.queue_evts) {
+                if queue.ready() {
+                    let _ = evt.write(1);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The eventfd that signals a notification of queue `index`.
