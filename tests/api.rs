@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::api_client::Served;
 use common::{guest, require_kvm, rvmm_binary, scratch, Entry};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -24,105 +22,6 @@ fn firecracker() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A VMM serving its API on a socket, its console on a pipe.
-struct Served {
-    child: Child,
-    socket: PathBuf,
-    console: std::sync::mpsc::Receiver<String>,
-}
-
-impl Served {
-    fn start(binary: &Path, extra: &[&str], name: &str) -> Served {
-        let socket = scratch(&format!("{name}.api"));
-        let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new(binary)
-            .arg("--api-sock")
-            .arg(&socket)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(scratch(&format!("{name}.stderr"))).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let console = common::read_lines(child.stdout.take().unwrap());
-        let deadline = Instant::now() + LIMIT;
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no API socket at {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Served {
-            child,
-            socket,
-            console,
-        }
-    }
-
-    /// Sends one request on a fresh connection: (status, body).
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let mut stream = UnixStream::connect(&self.socket).unwrap();
-        stream.set_read_timeout(Some(LIMIT)).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        read_response(&mut BufReader::new(stream))
-    }
-
-    /// Waits for a console line containing `marker`.
-    fn expect(&self, marker: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.console.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no console line with {marker:?}: {e:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        // Firecracker now and then ignores SIGTERM: SIGKILL ends both.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_response(reader: &mut impl BufRead) -> (u16, String) {
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("a status line");
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {status_line:?}"));
-    let mut length = 0;
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).unwrap();
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, String::from_utf8(body).unwrap())
 }
 
 /// What a body's shape is: its top-level keys, or "text" for a non-object.

@@ -3,6 +3,7 @@
 //! finding the guest images.
 #![allow(dead_code)]
 
+pub mod api_client;
 pub mod lab;
 pub mod tap;
 
