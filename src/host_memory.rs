@@ -101,17 +101,67 @@ fn map_aligned(len: usize) -> std::io::Result<usize> {
     Ok(start)
 }
 
+/// Maps guest RAM for `ranges` from a snapshot's memory file, privately
+/// (copy-on-write: the file is never written, pages are read as the guest
+/// touches them, and many VMs can map one file), 2 MiB aligned. The file
+/// holds the ranges one after another and must be exactly that long.
+pub fn map_guest_file(
+    ranges: &[(GuestAddress, u64)],
+    file: &std::fs::File,
+) -> Result<GuestRam, HostMemoryError> {
+    use std::os::fd::AsRawFd;
+    let mut offset = 0u64;
+    map_ranges(ranges, |len, mib| {
+        let addr = map_aligned(len).map_err(|source| HostMemoryError::Map { mib, source })?;
+        // SAFETY: replaces the reservation just made (ours alone) with a
+        // private mapping of the file at the same place.
+        let mapped = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            let source = std::io::Error::last_os_error();
+            // SAFETY: the reservation made above, which nothing refers to.
+            unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+            return Err(HostMemoryError::Map { mib, source });
+        }
+        offset += len as u64;
+        Ok((addr, libc::MAP_PRIVATE | libc::MAP_NORESERVE))
+    })
+}
+
 /// Maps guest RAM for `ranges` (guest address, length), lazily and 2 MiB
 /// aligned. Clones of its memory may outlive it: a region still reachable
 /// when the `GuestRam` goes is left mapped.
 pub fn map_guest_ram(ranges: &[(GuestAddress, u64)]) -> Result<GuestRam, HostMemoryError> {
+    map_ranges(ranges, |len, mib| {
+        let addr = map_aligned(len).map_err(|source| HostMemoryError::Map { mib, source })?;
+        Ok((
+            addr,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        ))
+    })
+}
+
+/// Guest RAM for `ranges`, each range's mapping made by `map(len, mib)`
+/// (its address and flags).
+fn map_ranges(
+    ranges: &[(GuestAddress, u64)],
+    mut map: impl FnMut(usize, u64) -> Result<(usize, i32), HostMemoryError>,
+) -> Result<GuestRam, HostMemoryError> {
     let mib = ranges.iter().map(|(_, len)| len).sum::<u64>() >> 20;
     let mut host = HostRam {
         regions: Vec::new(),
     };
     for &(start, len) in ranges {
         let len = len as usize;
-        let addr = map_aligned(len).map_err(|source| HostMemoryError::Map { mib, source })?;
+        let (addr, flags) = map(len, mib)?;
         let region_error = |why: String| HostMemoryError::Region { at: start.0, why };
         // SAFETY: `addr..addr + len` is a live mapping made above for this
         // region alone; `HostRam` unmaps it only when the region is gone.
@@ -120,7 +170,7 @@ pub fn map_guest_ram(ranges: &[(GuestAddress, u64)]) -> Result<GuestRam, HostMem
                 addr as *mut u8,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                flags,
             )
         };
         let mapping = match mapping {

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod net;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod sync;
 pub mod unix_listener;
 pub mod vcpu;

@@ -343,6 +343,7 @@ fn serve_api(
             on_started: Some(Box::new(move || {
                 let _ = reply.send(Ok(()));
             })),
+            restore: start.restore,
         };
         match rvmm::run_with(&start.config, hooks) {
             Err(e) if !autostart => {

@@ -41,6 +41,74 @@ vmm_sys_util::ioctl_ior_nr!(
     0x81,
     kvm_bindings::kvm_regs
 );
+// What a paused vCPU reads of itself for a snapshot.
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_SREGS,
+    kvm_bindings::KVMIO,
+    0x83,
+    kvm_bindings::kvm_sregs
+);
+vmm_sys_util::ioctl_iowr_nr!(
+    KVM_GET_MSRS,
+    kvm_bindings::KVMIO,
+    0x88,
+    kvm_bindings::kvm_msrs
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_LAPIC,
+    kvm_bindings::KVMIO,
+    0x8e,
+    kvm_bindings::kvm_lapic_state
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_MP_STATE,
+    kvm_bindings::KVMIO,
+    0x98,
+    kvm_bindings::kvm_mp_state
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_VCPU_EVENTS,
+    kvm_bindings::KVMIO,
+    0x9f,
+    kvm_bindings::kvm_vcpu_events
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_DEBUGREGS,
+    kvm_bindings::KVMIO,
+    0xa1,
+    kvm_bindings::kvm_debugregs
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_XSAVE,
+    kvm_bindings::KVMIO,
+    0xa4,
+    kvm_bindings::kvm_xsave
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_XCRS,
+    kvm_bindings::KVMIO,
+    0xa6,
+    kvm_bindings::kvm_xcrs
+);
+// What the event loop reads of the VM for a snapshot.
+vmm_sys_util::ioctl_iowr_nr!(
+    KVM_GET_IRQCHIP,
+    kvm_bindings::KVMIO,
+    0x62,
+    kvm_bindings::kvm_irqchip
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_PIT2,
+    kvm_bindings::KVMIO,
+    0x9f,
+    kvm_bindings::kvm_pit_state2
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_CLOCK,
+    kvm_bindings::KVMIO,
+    0x7c,
+    kvm_bindings::kvm_clock_data
+);
 
 /// System calls every rvmm thread makes: memory management by the allocator,
 /// locks, signals (the vCPU kick), time, and thread exit.
@@ -118,6 +186,10 @@ const API_ONLY: &[i64] = &[
     libc::SYS_getrandom,
     // The wake-up of the channel to a VM it starts.
     libc::SYS_eventfd2,
+    // Writing a snapshot's files.
+    libc::SYS_pwrite64,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
 ];
 
 /// socket(2) for the VMM thread: Unix domain only.
@@ -151,9 +223,26 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 ioctl_rule(libc::TCGETS),
                 ioctl_rule(libc::TCSETS),
                 ioctl_rule(crate::net::TUNSETOFFLOAD()),
+                ioctl_rule(KVM_GET_IRQCHIP()),
+                ioctl_rule(KVM_GET_PIT2()),
+                ioctl_rule(KVM_GET_CLOCK()),
             ]
         }
-        ThreadKind::Vcpu => vec![ioctl_rule(KVM_RUN()), ioctl_rule(KVM_GET_REGS())],
+        ThreadKind::Vcpu => [
+            KVM_RUN(),
+            KVM_GET_REGS(),
+            KVM_GET_SREGS(),
+            KVM_GET_MSRS(),
+            KVM_GET_LAPIC(),
+            KVM_GET_MP_STATE(),
+            KVM_GET_VCPU_EVENTS(),
+            KVM_GET_DEBUGREGS(),
+            KVM_GET_XSAVE(),
+            KVM_GET_XCRS(),
+        ]
+        .into_iter()
+        .map(ioctl_rule)
+        .collect(),
         ThreadKind::Api => {
             rules.extend(API_ONLY.iter().map(|s| (*s, vec![])));
             Vec::new()

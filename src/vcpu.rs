@@ -233,10 +233,24 @@ impl StartGate {
 pub struct Pause {
     /// Read on every exit: the fast path takes no lock.
     requested: std::sync::atomic::AtomicBool,
-    parked: Mutex<usize>,
+    parked: Mutex<Parked>,
     changed: Condvar,
     /// The vCPU threads, to kick.
     threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+/// A snapshot's request: the MSRs to read, and each vCPU's state once it
+/// has read it.
+type Capture = (
+    Arc<Vec<u32>>,
+    Vec<Option<Result<crate::snapshot::VcpuState, String>>>,
+);
+
+/// The paused vCPUs, and a snapshot's request to read their state.
+#[derive(Default)]
+struct Parked {
+    count: usize,
+    capture: Option<Capture>,
 }
 
 impl Pause {
@@ -258,9 +272,41 @@ impl Pause {
         let parked = crate::sync::lock(&self.parked);
         let (parked, _) = self
             .changed
-            .wait_timeout_while(parked, limit, |parked| *parked < count)
+            .wait_timeout_while(parked, limit, |parked| parked.count < count)
             .unwrap_or_else(|e| e.into_inner());
-        *parked >= count
+        parked.count >= count
+    }
+
+    /// On a paused VM: every one of the `count` vCPUs reads its own state
+    /// (on its own thread, as KVM wants) with the MSRs `msr_indices`.
+    pub fn capture_vcpus(
+        &self,
+        count: usize,
+        msr_indices: Vec<u32>,
+        limit: std::time::Duration,
+    ) -> Result<Vec<crate::snapshot::VcpuState>, String> {
+        if !self.is_paused() {
+            return Err("the VM is not paused".into());
+        }
+        let mut parked = crate::sync::lock(&self.parked);
+        parked.capture = Some((Arc::new(msr_indices), (0..count).map(|_| None).collect()));
+        self.changed.notify_all();
+        let (mut parked, _) = self
+            .changed
+            .wait_timeout_while(parked, limit, |p| {
+                p.capture
+                    .as_ref()
+                    .is_some_and(|(_, results)| results.iter().any(Option::is_none))
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        let (_, results) = parked.capture.take().expect("set above");
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(id, result)| {
+                result.unwrap_or_else(|| Err(format!("vCPU {id} did not give its state in time")))
+            })
+            .collect()
     }
 
     /// Lets the vCPUs run again.
@@ -276,23 +322,35 @@ impl Pause {
     }
 
     /// On a vCPU thread between two runs: waits while the VM is paused and
-    /// not stopping.
-    fn park_while_paused(&self, stop: &VmStop) {
+    /// not stopping, reading the state of vCPU `id` (`fd`) when asked.
+    fn park_while_paused(&self, stop: &VmStop, id: u8, fd: &VcpuFd) {
         if !self.is_paused() {
             return;
         }
         let mut parked = crate::sync::lock(&self.parked);
-        *parked += 1;
+        parked.count += 1;
         self.changed.notify_all();
         while self.is_paused() && !stop.is_stopping() {
-            // Woken by resume; a stop is seen within the timeout.
+            if let Some((msrs, results)) = parked.capture.as_mut() {
+                if let Some(slot @ None) = results.get_mut(usize::from(id)) {
+                    *slot = Some(crate::snapshot::kvm::capture_vcpu(fd, msrs));
+                    self.changed.notify_all();
+                }
+            }
+            // Woken by resume or a capture; a stop is seen within the timeout.
             parked = self
                 .changed
                 .wait_timeout(parked, std::time::Duration::from_millis(50))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        *parked -= 1;
+        parked.count -= 1;
+    }
+
+    /// Starts the VM paused (a restored snapshot that is not to resume).
+    pub fn start_paused(&self) {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -372,7 +430,7 @@ impl Vcpu {
     /// outside the guest while it is paused.
     fn run(&mut self, stop: &VmStop, pause: &Pause) {
         while !stop.is_stopping() {
-            pause.park_while_paused(stop);
+            pause.park_while_paused(stop, self.id, &self.fd);
             let action = match self.fd.run() {
                 Ok(exit) => handle_exit(exit, &self.io_bus, &self.mmio_bus),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

@@ -117,6 +117,11 @@ pub fn attach(
 }
 
 impl AttachedDevice {
+    /// The device's transport, for a snapshot to read or restore.
+    pub fn transport(&self) -> Arc<Mutex<MmioTransport>> {
+        self.transport.clone()
+    }
+
     /// Serves `queue` whenever `fd` (which the device owns) becomes readable.
     pub fn serve_on_input(mut self, fd: RawFd, queue: usize) -> Self {
         self.host_input = Some((fd, queue));

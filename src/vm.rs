@@ -27,17 +27,23 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM and `mem_bytes` of guest memory, registered with it.
-    /// `on_created` runs between the two (to time the phases).
+    /// Creates the VM and `mem_bytes` of guest memory, registered with it:
+    /// fresh, or a snapshot's `memory_file` mapped privately. `on_created`
+    /// runs between the two (to time the phases).
     pub fn create(
         kvm: &Kvm,
         mem_bytes: u64,
         hugepages: bool,
+        memory_file: Option<&std::fs::File>,
         on_created: impl FnOnce(),
     ) -> Result<Vm, VmError> {
         let fd = hypervisor::create_vm(kvm)?;
         on_created();
-        let ram = host_memory::map_guest_ram(&memory::ram_ranges(mem_bytes))?;
+        let ranges = memory::ram_ranges(mem_bytes);
+        let ram = match memory_file {
+            Some(file) => host_memory::map_guest_file(&ranges, file)?,
+            None => host_memory::map_guest_ram(&ranges)?,
+        };
         if hugepages {
             host_memory::advise_huge_pages(ram.memory());
         }

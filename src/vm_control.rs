@@ -26,12 +26,23 @@ pub enum VmAction {
     CtrlAltDel,
     Pause,
     Resume,
+    /// The paused VM's state, and its memory for the API to write out.
+    Snapshot,
+}
+
+/// What a request gave back.
+pub enum VmReply {
+    Done,
+    Snapshot(
+        Box<crate::snapshot::SnapshotState>,
+        crate::memory::GuestMemoryMmap,
+    ),
 }
 
 /// One request, and where its outcome goes.
 pub struct VmRequest {
     pub action: VmAction,
-    pub reply: mpsc::Sender<Result<(), String>>,
+    pub reply: mpsc::Sender<Result<VmReply, String>>,
 }
 
 /// The running VM's end of the API: `wake` is signalled after each request
@@ -57,6 +68,7 @@ pub struct VmControl {
     requests: Option<VmRequests>,
     pause: Arc<Pause>,
     vcpus: usize,
+    snapshots: Option<crate::snapshot::Source>,
 }
 
 impl VmControl {
@@ -84,20 +96,23 @@ impl VmControl {
             requests: None,
             pause: Arc::default(),
             vcpus: 0,
+            snapshots: None,
         })
     }
 
     /// Also serves the API's `requests`; `pause` is what the VM's `vcpus`
-    /// vCPUs park on.
+    /// vCPUs park on; `snapshots` what a snapshot is taken of.
     pub fn serving(
         mut self,
         requests: Option<VmRequests>,
         pause: Arc<Pause>,
         vcpus: usize,
+        snapshots: Option<crate::snapshot::Source>,
     ) -> Self {
         self.requests = requests;
         self.pause = pause;
         self.vcpus = vcpus;
+        self.snapshots = snapshots;
         self
     }
 
@@ -118,12 +133,12 @@ impl VmControl {
                             "API: Ctrl-Alt-Del, but the guest has no keyboard driver to hear it"
                         );
                     }
-                    Ok(())
+                    Ok(VmReply::Done)
                 }
                 VmAction::Pause => {
                     if self.pause.pause(self.vcpus, PAUSE_LIMIT) {
                         log::info!("API: the VM is paused");
-                        Ok(())
+                        Ok(VmReply::Done)
                     } else {
                         Err(format!(
                             "not every vCPU left the guest within {PAUSE_LIMIT:?}; it is pausing"
@@ -133,8 +148,14 @@ impl VmControl {
                 VmAction::Resume => {
                     self.pause.resume();
                     log::info!("API: the VM runs again");
-                    Ok(())
+                    Ok(VmReply::Done)
                 }
+                VmAction::Snapshot => match &self.snapshots {
+                    None => Err("this VM cannot be snapshotted".to_string()),
+                    Some(source) => source
+                        .capture(&self.pause, &self.i8042)
+                        .map(|state| VmReply::Snapshot(Box::new(state), source.memory.clone())),
+                },
             };
             let _ = request.reply.send(outcome);
         }

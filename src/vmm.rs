@@ -84,6 +84,8 @@ pub enum VmmError {
     },
     #[error("could not create the event loop: {0}")]
     EventLoop(#[source] event_manager::Error),
+    #[error("could not restore the snapshot: {0}")]
+    Restore(String),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -233,26 +235,39 @@ struct LegacyDevices {
     power_off_evt: EventFd,
 }
 
-fn create_legacy_devices(vm: &VmFd, output: OutputSink) -> Result<LegacyDevices, VmmError> {
+/// The legacy devices, in the state a snapshot saved (`restore`) or fresh.
+fn create_legacy_devices(
+    vm: &VmFd,
+    output: OutputSink,
+    restore: Option<&crate::snapshot::SnapshotState>,
+) -> Result<LegacyDevices, VmmError> {
     let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(setup("create an eventfd"));
     let serial_irq = new_evt()?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_call("route the serial interrupt"))?;
     let serial_input_space = new_evt()?;
-    let serial = Arc::new(Mutex::new(SerialConsole::new(
-        serial_irq,
-        serial_input_space
-            .try_clone()
-            .map_err(setup("clone an eventfd"))?,
-        Box::new(output),
-    )));
+    let input_space = serial_input_space
+        .try_clone()
+        .map_err(setup("clone an eventfd"))?;
+    let serial = match restore {
+        Some(state) => {
+            SerialConsole::with_state(serial_irq, input_space, Box::new(output), &state.serial)
+                .map_err(VmmError::Restore)?
+        }
+        None => SerialConsole::new(serial_irq, input_space, Box::new(output)),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     let clone = |evt: &EventFd| evt.try_clone().map_err(setup("clone an eventfd"));
     let reset_evt = new_evt()?;
     let power_off_evt = new_evt()?;
     let kbd_irq = new_evt()?;
     vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)
         .map_err(kvm_call("route the keyboard interrupt"))?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(clone(&reset_evt)?, kbd_irq)));
+    let mut i8042 = I8042::new(clone(&reset_evt)?, kbd_irq);
+    if let Some(state) = restore {
+        i8042.restore(&state.i8042);
+    }
+    let i8042 = Arc::new(Mutex::new(i8042));
     let acpi_power = AcpiPower::new(clone(&power_off_evt)?, clone(&reset_evt)?);
 
     let mut io_bus = Bus::new();
@@ -273,11 +288,13 @@ fn create_legacy_devices(vm: &VmFd, output: OutputSink) -> Result<LegacyDevices,
     })
 }
 
+/// The vCPUs, each with its CPUID and set to enter the kernel at `entry`,
+/// or in the state a snapshot saved.
 fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     config: &VmConfig,
-    entry: EntryMode,
+    start: VcpuStart<'_>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
 ) -> Result<Vec<Vcpu>, VmmError> {
@@ -291,18 +308,33 @@ fn create_vcpus(
                 .map_err(kvm_call("create a vCPU"))?;
             fd.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.cpus))
                 .map_err(kvm_call("set the vCPU's CPUID"))?;
-            regs::configure_vcpu(&fd, id, entry)?;
+            match start {
+                VcpuStart::Boot(entry) => regs::configure_vcpu(&fd, id, entry)?,
+                VcpuStart::Restore(state) => {
+                    crate::snapshot::kvm::restore_vcpu(&fd, &state.vcpus[usize::from(id)])
+                        .map_err(|e| VmmError::Restore(format!("vCPU {id}: {e}")))?
+                }
+            }
             Ok(Vcpu::new(id, fd, io_bus.clone(), mmio_bus.clone()))
         })
         .collect()
 }
 
+/// How the vCPUs begin: at the kernel's entry, or where a snapshot left them.
+#[derive(Clone, Copy)]
+enum VcpuStart<'a> {
+    Boot(EntryMode),
+    Restore(&'a crate::snapshot::SnapshotState),
+}
+
 /// What a run hands to others: the API's requests to serve, and who to tell
-/// once the VM is built and its guest about to run.
+/// once the VM is built and its guest about to run; a snapshot to restore
+/// instead of booting the kernel.
 #[derive(Default)]
 pub struct RunHooks {
     pub requests: Option<VmRequests>,
     pub on_started: Option<Box<dyn FnOnce() + Send>>,
+    pub restore: Option<crate::snapshot::Restore>,
 }
 
 /// Builds the VM described by `config`, runs it until it stops, and returns why.
@@ -313,7 +345,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
 /// As [`run`], with `hooks`.
 pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, VmmError> {
     phase("configuration read");
-    check_input_files(config)?;
+    let restore = hooks.restore.take();
+    if restore.is_none() {
+        check_input_files(config)?;
+    }
     // Before any host resource, so a bad --serial path gets its own message.
     let mut socket_console = None;
     let (output, output_pump) = match &config.serial {
@@ -336,6 +371,10 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         .into());
     }
     let blocks = disks::open_disks(&config.disks)?;
+    let disk_sizes: Vec<u64> = blocks
+        .iter()
+        .map(|b| b.sectors() * rvmm_devices::virtio::block::SECTOR_SIZE)
+        .collect();
     let taps = net::open_nets(&config.nets)?;
     let vsock = config.vsock.as_ref().map(vsock::open_vsock).transpose()?;
     let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
@@ -345,20 +384,33 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     if config.cpus > 1 && host::is_pvm_host() {
         log::warn!("--cpus {}: secondary vCPUs cannot start on a PVM-backed host; Linux will list them but stop bringing them up", config.cpus);
     }
-    let built = Vm::create(&kvm, mem_bytes, config.hugepages, || phase("VM created"))?;
+    let memory_file = restore.as_ref().map(|r| &r.memory);
+    let built = Vm::create(&kvm, mem_bytes, config.hugepages, memory_file, || {
+        phase("VM created")
+    })?;
     let (vm, mem) = (built.fd(), built.memory());
     phase("memory mapped");
 
-    let device_args: Vec<String> = (0..device_count).map(virtio_devices::cmdline_arg).collect();
-    let loading = crate::host_memory::huge_pages_while_loading(mem, config.hugepages);
-    let kernel = load_guest(config, mem, mem_bytes, &device_args)?;
-    loading.done();
-    mptable::write_mptable(mem, config.cpus)?;
-    acpi::write_acpi_tables(mem, config.cpus, &acpi_devices(device_count))?;
-    phase("kernel loaded");
+    let saved = restore.as_ref().map(|r| &*r.state);
+    let start = match saved {
+        // The kernel, its boot data and the firmware tables are in the
+        // snapshot's memory already.
+        Some(state) => VcpuStart::Restore(state),
+        None => {
+            let device_args: Vec<String> =
+                (0..device_count).map(virtio_devices::cmdline_arg).collect();
+            let loading = crate::host_memory::huge_pages_while_loading(mem, config.hugepages);
+            let kernel = load_guest(config, mem, mem_bytes, &device_args)?;
+            loading.done();
+            mptable::write_mptable(mem, config.cpus)?;
+            acpi::write_acpi_tables(mem, config.cpus, &acpi_devices(device_count))?;
+            phase("kernel loaded");
+            VcpuStart::Boot(kernel.entry)
+        }
+    };
 
     let output_pump = Arc::new(Mutex::new(output_pump));
-    let devices = create_legacy_devices(vm, output)?;
+    let devices = create_legacy_devices(vm, output, saved)?;
     let io_bus = Arc::new(devices.io_bus);
     let mut mmio_bus = Bus::new();
     let first_run = Arc::new(OnceLock::new());
@@ -367,6 +419,11 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         mmio_bus.insert(timer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN)?;
     }
     let mut attached = disks::attach_disks(vm, mem, &mut mmio_bus, blocks)?;
+    let disk_transports: Vec<_> = attached.iter().map(|d| d.transport()).collect();
+    if let Some(state) = saved {
+        crate::snapshot::restore_disks(&disk_transports, &state.disks)
+            .map_err(VmmError::Restore)?;
+    }
     for (i, (tap, mac)) in taps.into_iter().enumerate() {
         let tap_fd = tap.file.as_raw_fd();
         let name = format!("network card {i} (tap {})", config.nets[i].tap);
@@ -385,7 +442,42 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         attached.push(device.serve_on_input(host_fd, vsock::RX_QUEUE));
     }
     let mmio_bus = Arc::new(mmio_bus);
-    let vcpus = create_vcpus(&kvm, vm, config, kernel.entry, io_bus, mmio_bus)?;
+    let vcpus = create_vcpus(&kvm, vm, config, start, io_bus, mmio_bus)?;
+    if let Some(state) = saved {
+        crate::snapshot::kvm::restore_vm(vm, &state.vm).map_err(VmmError::Restore)?;
+    }
+    // Only the API takes snapshots: a source for it, when it is there.
+    let snapshots = match hooks.requests {
+        Some(_) => Some(crate::snapshot::Source {
+            vm: crate::snapshot::second_handle(&kvm, vm).map_err(VmmError::Restore)?,
+            memory: mem.clone(),
+            serial: devices.serial.clone(),
+            disks: config
+                .disks
+                .iter()
+                .zip(disk_sizes)
+                .zip(disk_transports)
+                .map(|((config, size), transport)| crate::snapshot::DiskSource {
+                    config: config.clone(),
+                    size,
+                    transport,
+                })
+                .collect(),
+            msr_indices: crate::snapshot::kvm::saved_msr_indices(&kvm)
+                .map_err(VmmError::Restore)?,
+            mem_mib: config.mem_mib,
+            cpus: config.cpus,
+            cmdline: saved.map_or_else(|| config.base_cmdline(), |s| s.cmdline.clone()),
+            unsupported: if !config.nets.is_empty() {
+                Some("network cards")
+            } else if config.vsock.is_some() {
+                Some("a vsock device")
+            } else {
+                None
+            },
+        }),
+        None => None,
+    };
 
     let stop = Arc::new(VmStop::new().map_err(setup("create an eventfd"))?);
     let signals = StopSignals::install().map_err(setup("install signal handlers"))?;
@@ -412,6 +504,9 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     }
     events.add_subscriber(output_pump.clone());
     let pause = Arc::new(Pause::default());
+    if restore.as_ref().is_some_and(|r| !r.resume) {
+        pause.start_paused();
+    }
     let control = VmControl::new(
         devices.reset_evt,
         devices.power_off_evt,
@@ -421,7 +516,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         config.stop_timeout,
     )
     .map_err(setup("create the stop timer"))?
-    .serving(hooks.requests.take(), pause.clone(), vcpus.len());
+    .serving(hooks.requests.take(), pause.clone(), vcpus.len(), snapshots);
     events.add_subscriber(Arc::new(Mutex::new(control)));
 
     phase("first KVM_RUN");

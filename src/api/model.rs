@@ -162,6 +162,45 @@ pub enum VmStateName {
     Resumed,
 }
 
+/// `PUT /snapshot/create`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    #[serde(default)]
+    pub snapshot_type: Option<String>,
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// `mem_backend` of `PUT /snapshot/load`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    pub backend_path: String,
+    pub backend_type: String,
+}
+
+/// `PUT /snapshot/load`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoad {
+    pub snapshot_path: String,
+    #[serde(default)]
+    pub mem_file_path: Option<String>,
+    #[serde(default)]
+    pub mem_backend: Option<MemBackend>,
+    #[serde(default)]
+    pub enable_diff_snapshots: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    #[serde(default)]
+    pub resume_vm: Option<bool>,
+    #[serde(default)]
+    pub network_overrides: Option<serde_json::Value>,
+}
+
 /// `GET /`.
 #[derive(Clone, Debug, Serialize)]
 pub struct InstanceInfo {

@@ -18,7 +18,8 @@ use super::config::{self, check_boot_source, check_drive, check_machine};
 use super::http::{Client, Received, Request, Response};
 use super::model::*;
 use crate::config::VmConfig;
-use crate::vm_control::{VmAction, VmRequest, VmRequests};
+use crate::snapshot::{self, Restore};
+use crate::vm_control::{VmAction, VmReply, VmRequest, VmRequests};
 
 /// What rvmm says it is in `GET /` and `GET /version`.
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -40,6 +41,8 @@ pub struct StartRequest {
     pub config: VmConfig,
     pub requests: VmRequests,
     pub reply: mpsc::Sender<Result<(), String>>,
+    /// A snapshot to restore instead of booting.
+    pub restore: Option<Restore>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,9 +150,14 @@ impl Api {
                 Ok(change) => self.change_state(change.state),
                 Err(response) => response,
             },
-            ("PUT" | "PATCH", ["snapshot", which]) => fault(format!(
-                "rvmm has no snapshots yet (PUT /snapshot/{which}); boot the VM instead"
-            )),
+            ("PUT", ["snapshot", "create"]) => match body::<SnapshotCreate>(request) {
+                Ok(create) => self.create_snapshot(&create),
+                Err(response) => response,
+            },
+            ("PUT", ["snapshot", "load"]) => match body::<SnapshotLoad>(request) {
+                Ok(load) => self.load_snapshot(&load),
+                Err(response) => response,
+            },
             // Everything below configures the VM, which only goes before it starts.
             ("PUT" | "PATCH", _)
                 if started && parts.first().is_some_and(|p| CONFIG_PATHS.contains(p)) =>
@@ -280,7 +288,10 @@ impl Api {
         match action {
             ActionType::InstanceStart if self.phase != Phase::NotStarted => fault(NOT_AFTER_START),
             ActionType::InstanceStart => self.start_vm(),
-            ActionType::SendCtrlAltDel => self.ask_vm(VmAction::CtrlAltDel),
+            ActionType::SendCtrlAltDel => match self.ask_vm(VmAction::CtrlAltDel) {
+                Ok(_) => Response::no_content(),
+                Err(response) => response,
+            },
             ActionType::FlushMetrics => self.flush_metrics(),
         }
     }
@@ -290,19 +301,154 @@ impl Api {
             VmStateName::Paused => (VmAction::Pause, Phase::Paused),
             VmStateName::Resumed => (VmAction::Resume, Phase::Running),
         };
-        let response = self.ask_vm(action);
-        if response.status == 204 {
-            self.phase = next;
+        match self.ask_vm(action) {
+            Ok(_) => {
+                self.phase = next;
+                Response::no_content()
+            }
+            Err(response) => response,
+        }
+    }
+
+    /// Firecracker's `PUT /snapshot/create` of a paused VM: the state file
+    /// and the memory file, written by this thread.
+    fn create_snapshot(&mut self, create: &SnapshotCreate) -> Response {
+        if self.phase == Phase::NotStarted {
+            return fault(NOT_BEFORE_START);
+        }
+        if self.phase != Phase::Paused {
+            return fault(
+                "Create snapshot error: the microVM must be paused first (PATCH /vm Paused)",
+            );
+        }
+        if create.snapshot_type.as_deref().is_some_and(|t| t != "Full") {
+            return fault("Create snapshot error: rvmm takes Full snapshots only");
+        }
+        let open = |path: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| fault(format!("Create snapshot error: cannot open {path}: {e}")))
+        };
+        let (mut state_file, memory_file) =
+            match (open(&create.snapshot_path), open(&create.mem_file_path)) {
+                (Ok(state), Ok(memory)) => (state, memory),
+                (Err(response), _) | (_, Err(response)) => return response,
+            };
+        let (state, memory) = match self.ask_vm(VmAction::Snapshot) {
+            Ok(VmReply::Snapshot(state, memory)) => (state, memory),
+            Ok(VmReply::Done) => return fault("Create snapshot error: the VM gave no state"),
+            Err(response) => return response,
+        };
+        let written = snapshot::write_memory(&memory, &memory_file)
+            .and_then(|()| snapshot::write_state(&state, &mut state_file));
+        match written {
+            Ok(()) => Response::no_content(),
+            Err(e) => fault(format!("Create snapshot error: {e}")),
+        }
+    }
+
+    /// Firecracker's `PUT /snapshot/load`, before anything is configured.
+    fn load_snapshot(&mut self, load: &SnapshotLoad) -> Response {
+        if self.phase != Phase::NotStarted {
+            return fault(NOT_AFTER_START);
+        }
+        if self.full.boot_source.is_some() || !self.full.drives.is_empty() {
+            return fault("Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+        }
+        if load.enable_diff_snapshots || load.track_dirty_pages {
+            return fault("Load snapshot error: rvmm has no diff snapshots (dirty page tracking)");
+        }
+        let memory_path = match (&load.mem_backend, &load.mem_file_path) {
+            (Some(backend), None) if backend.backend_type == "File" => backend.backend_path.clone(),
+            (Some(_), None) => {
+                return fault(
+                    "Load snapshot error: rvmm takes a File memory backend only (no UFFD)",
+                )
+            }
+            (None, Some(path)) => path.clone(),
+            _ => {
+                return fault(
+                    "Load snapshot error: give exactly one of mem_backend and mem_file_path",
+                )
+            }
+        };
+        let state = match snapshot::read_state(std::path::Path::new(&load.snapshot_path)) {
+            Ok(state) => state,
+            Err(e) => return fault(format!("Load snapshot error: {e}")),
+        };
+        let memory = match std::fs::File::open(&memory_path) {
+            Ok(file) => file,
+            Err(e) => {
+                return fault(format!(
+                    "Load snapshot error: cannot open the memory file {memory_path}: {e}"
+                ))
+            }
+        };
+        let want = state.mem_mib << 20;
+        match memory.metadata() {
+            Ok(meta) if meta.len() == want => {}
+            Ok(meta) => {
+                return fault(format!(
+                    "Load snapshot error: memory file {memory_path} is {} bytes; the snapshot's VM has {want}",
+                    meta.len()
+                ))
+            }
+            Err(e) => return fault(format!("Load snapshot error: {memory_path}: {e}")),
+        }
+        let config = VmConfig {
+            kernel: Default::default(),
+            initrd: None,
+            cmdline: Some(state.cmdline.clone()),
+            cmdline_append: None,
+            mem_mib: state.mem_mib,
+            cpus: state.cpus,
+            disks: state
+                .disks
+                .iter()
+                .map(|d| crate::config::DiskConfig {
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                    id: d.id.clone(),
+                })
+                .collect(),
+            nets: Vec::new(),
+            vsock: None,
+            ..self.base.clone()
+        };
+        self.full.machine_config = Some(MachineConfig {
+            vcpu_count: state.cpus,
+            mem_size_mib: state.mem_mib,
+            ..MachineConfig::default()
+        });
+        let resume = load.resume_vm.unwrap_or(false);
+        let restore = Restore {
+            state: Box::new(state),
+            memory,
+            resume,
+        };
+        let response = self.start(config, Some(restore));
+        if response.status == 204 && !resume {
+            self.phase = Phase::Paused;
         }
         response
     }
 
-    /// Hands the VM to the main thread and waits until it runs or fails.
+    /// Hands the configured VM to the main thread and waits until it runs
+    /// or fails.
     pub fn start_vm(&mut self) -> Response {
         let config = match config::vm_config(&self.full, &self.base) {
             Ok(config) => config,
             Err(e) => return fault(e.to_string()),
         };
+        self.start(config, None)
+    }
+
+    /// Hands `config` (or the snapshot `restore`) to the main thread.
+    fn start(&mut self, config: VmConfig, restore: Option<Restore>) -> Response {
         let (requests, vm) = match vm_channel() {
             Ok(pair) => pair,
             Err(e) => return fault(format!("Start microvm error: {e}")),
@@ -312,6 +458,7 @@ impl Api {
             config,
             requests,
             reply,
+            restore,
         };
         if self.start.send(request).is_err() {
             return fault("Start microvm error: the VMM is gone");
@@ -328,18 +475,18 @@ impl Api {
     }
 
     /// Passes `action` to the running VM's event loop and waits for it.
-    fn ask_vm(&mut self, action: VmAction) -> Response {
+    fn ask_vm(&mut self, action: VmAction) -> Result<VmReply, Response> {
         let Some(vm) = &self.vm else {
-            return fault(NOT_BEFORE_START);
+            return Err(fault(NOT_BEFORE_START));
         };
         let (reply, done) = mpsc::channel();
         if vm.requests.send(VmRequest { action, reply }).is_err() || vm.wake.write(1).is_err() {
-            return fault("the VM has stopped");
+            return Err(fault("the VM has stopped"));
         }
         match done.recv_timeout(VM_REPLY_LIMIT) {
-            Ok(Ok(())) => Response::no_content(),
-            Ok(Err(e)) => fault(e),
-            Err(_) => fault("the VM did not answer in time"),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(fault(e)),
+            Err(_) => Err(fault("the VM did not answer in time")),
         }
     }
 
