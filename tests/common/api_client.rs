@@ -50,15 +50,7 @@ impl Served {
 
     /// Sends one request on a fresh connection: (status, body).
     pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let mut stream = UnixStream::connect(&self.socket).unwrap();
-        stream.set_read_timeout(Some(LIMIT)).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        read_response(&mut BufReader::new(stream))
+        request(&self.socket, method, path, body)
     }
 
     /// Waits for a console line containing `marker`.
@@ -81,6 +73,20 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends one request to the API at `socket` on a fresh connection:
+/// (status, body).
+pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    read_response(&mut BufReader::new(stream))
 }
 
 pub fn read_response(reader: &mut impl BufRead) -> (u16, String) {
