@@ -43,6 +43,16 @@ fn shape(body: &str) -> Vec<String> {
 fn conformance_steps(kernel: &Path, missing: &Path) -> Vec<(&'static str, &'static str, String)> {
     let kernel = kernel.display();
     let missing = missing.display();
+    let snapshot = format!(
+        r#"{{"snapshot_type": "Full", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        scratch("conformance.state").display(),
+        scratch("conformance.mem").display()
+    );
+    let load = format!(
+        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_path": "{}", "backend_type": "File"}}}}"#,
+        scratch("conformance.state").display(),
+        scratch("conformance.mem").display()
+    );
     vec![
         ("GET", "/", String::new()),
         ("GET", "/version", String::new()),
@@ -125,8 +135,11 @@ fn conformance_steps(kernel: &Path, missing: &Path) -> Vec<(&'static str, &'stat
             "/machine-config",
             r#"{"vcpu_count": 2, "mem_size_mib": 128}"#.into(),
         ),
+        ("PUT", "/snapshot/create", snapshot.clone()),
         ("PATCH", "/vm", r#"{"state": "Paused"}"#.into()),
         ("GET", "/", String::new()),
+        ("PUT", "/snapshot/create", snapshot),
+        ("PUT", "/snapshot/load", load),
         ("PATCH", "/vm", r#"{"state": "Resumed"}"#.into()),
         ("PATCH", "/vm", r#"{"state": "Sleeping"}"#.into()),
         (
@@ -139,36 +152,60 @@ fn conformance_steps(kernel: &Path, missing: &Path) -> Vec<(&'static str, &'stat
     ]
 }
 
-/// (status, shape, state from GET /) for every step on `binary`.
-fn run_steps(binary: &Path, name: &str) -> Vec<(u16, Vec<String>, Option<String>)> {
+type Answers = Vec<(u16, Vec<String>, Option<String>)>;
+
+/// (status, shape, state from GET /) for every step on `binary`, or why the
+/// guest it started never spoke.
+fn run_steps(binary: &Path, name: &str) -> Result<Answers, String> {
     let kernel = guest("halt", Entry::Pvh);
     let missing = scratch("no-such-file");
     let vm = Served::start(binary, &[], name);
-    conformance_steps(&kernel, &missing)
-        .into_iter()
-        .map(|(method, path, body)| {
-            let (status, reply) = vm.request(method, path, &body);
-            if method == "PUT"
-                && path == "/actions"
-                && body.contains("InstanceStart")
-                && status == 204
-            {
-                vm.expect("ready");
-            }
-            let state = serde_json::from_str::<serde_json::Value>(&reply)
-                .ok()
-                .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(String::from));
-            eprintln!("{name}: {method} {path} -> {status} {reply}");
-            (status, shape(&reply), state)
-        })
-        .collect()
+    let mut answers = Vec::new();
+    for (method, path, body) in conformance_steps(&kernel, &missing) {
+        let (status, reply) = vm.request(method, path, &body);
+        if method == "PUT" && path == "/actions" && body.contains("InstanceStart") && status == 204
+        {
+            vm.wait_for("ready").map_err(|e| {
+                let stderr =
+                    std::fs::read_to_string(scratch(&format!("{name}.stderr"))).unwrap_or_default();
+                format!("{name}: after InstanceStart, {e}; its stderr:\n{stderr}")
+            })?;
+        }
+        let state = serde_json::from_str::<serde_json::Value>(&reply)
+            .ok()
+            .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(String::from));
+        eprintln!("{name}: {method} {path} -> {status} {reply}");
+        answers.push((status, shape(&reply), state));
+    }
+    Ok(answers)
+}
+
+/// Firecracker's answers. It now and then loses its guest's output (see
+/// ../shared/peers/README.md); such a run is repeated, up to three in all,
+/// so that the check measures rvmm, not Firecracker's flakes.
+fn firecrackers_answers() -> Answers {
+    let mut failures = Vec::new();
+    for attempt in 1..=3 {
+        match run_steps(
+            &firecracker(),
+            &format!("conformance-firecracker-{attempt}"),
+        ) {
+            Ok(answers) => return answers,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!(
+        "Firecracker's guest never spoke in three runs:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn the_api_answers_as_firecrackers_does() {
     require_kvm();
-    let fc = run_steps(&firecracker(), "conformance-firecracker");
-    let ours = run_steps(Path::new(&rvmm_binary()), "conformance-rvmm");
+    let fc = firecrackers_answers();
+    let ours =
+        run_steps(Path::new(&rvmm_binary()), "conformance-rvmm").unwrap_or_else(|e| panic!("{e}"));
     let kernel = guest("halt", Entry::Pvh);
     let steps = conformance_steps(&kernel, &scratch("no-such-file"));
     let mut differences = Vec::new();

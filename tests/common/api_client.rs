@@ -55,13 +55,18 @@ impl Served {
 
     /// Waits for a console line containing `marker`.
     pub fn expect(&self, marker: &str) -> String {
+        self.wait_for(marker).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits for a console line containing `marker`, or says why none came.
+    pub fn wait_for(&self, marker: &str) -> Result<String, String> {
         let deadline = Instant::now() + LIMIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.console.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return line,
+                Ok(line) if line.contains(marker) => return Ok(line),
                 Ok(_) => {}
-                Err(e) => panic!("no console line with {marker:?}: {e:?}"),
+                Err(e) => return Err(format!("no console line with {marker:?}: {e:?}")),
             }
         }
     }
