@@ -1,5 +1,5 @@
 //! Opening /dev/kvm, checking it offers what rvmm relies on, and creating a
-//! VM with the in-kernel interrupt controllers and PIT.
+//! VM and its in-kernel interrupt controllers and PIT.
 
 use kvm_bindings::{kvm_pit_config, KVM_API_VERSION, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -62,15 +62,27 @@ pub fn open_kvm() -> Result<Kvm, KvmError> {
     Ok(kvm)
 }
 
-/// Creates the VM with its in-kernel IOAPIC/PIC and PIT. The irqchip must
-/// exist before any vCPU is created.
+/// Creates the VM, with no memory and no interrupt controllers yet: guest
+/// memory goes in first (see [`create_interrupt_controllers`]).
 pub fn create_vm(kvm: &Kvm) -> Result<VmFd, KvmError> {
-    let setup = |what| move |source| KvmError::Setup { what, source };
     let vm = kvm.create_vm().map_err(setup("create a VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(setup("set the TSS address"))?;
     vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
         .map_err(setup("set the identity map address"))?;
+    Ok(vm)
+}
+
+/// Creates the in-kernel IOAPIC/PIC and PIT, after guest memory is
+/// registered and before any vCPU (which needs the irqchip).
+///
+/// Why after the memory: once a VM has its irqchip, installing its first
+/// memory slot waits for a grace period in KVM, 5-6 ms on the PVM hosts
+/// (Linux 6.18), against 0.3 ms for the whole of VM creation in this order
+/// (measured with a small C program: VM, slot, irqchip, PIT against VM,
+/// irqchip, PIT, slot). Firecracker, which registers memory last, pays it
+/// on every start and restore.
+pub fn create_interrupt_controllers(vm: &VmFd) -> Result<(), KvmError> {
     vm.create_irq_chip()
         .map_err(setup("create the interrupt controller"))?;
     let pit = kvm_pit_config {
@@ -78,5 +90,9 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, KvmError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(setup("create the PIT"))?;
-    Ok(vm)
+    Ok(())
+}
+
+fn setup(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
+    move |source| KvmError::Setup { what, source }
 }

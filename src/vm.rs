@@ -48,6 +48,7 @@ impl Vm {
             host_memory::advise_huge_pages(ram.memory());
         }
         memory::register_guest_memory(&fd, ram.memory())?;
+        hypervisor::create_interrupt_controllers(&fd)?;
         Ok(Vm { fd, ram })
     }
 
