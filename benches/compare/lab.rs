@@ -10,7 +10,9 @@
 //! banner (user space); the VM exits until then, by kind, from the host
 //! KVM's own counters (debugfs); a ping's round trip from the guest to the
 //! host; TCP throughput each way (`guest-images/lab/tcpbench.c` in the
-//! guest, 64 KiB writes; busybox nc sends a packet per KiB). In the lab
+//! guest, 64 KiB writes; busybox nc sends a packet per KiB); process start
+//! to the shell answering a command, booted, and restored from a snapshot
+//! of the same guest at its shell (rvmm, Firecracker). In the lab
 //! everything is emulated, so its times say little about hardware; the
 //! exit counts are what a hardware host would pay for.
 
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{guest_image, in_lab, is_pvm_host, lab, tap::Tap, Console};
 use crate::peers::{vm_command, Peer, VmSpec, QEMU};
+use crate::restore;
 use crate::stats::{Series, Table};
 
 /// What the lab's bench binary is started with, inside L1.
@@ -75,6 +78,26 @@ const TCP_IN_TABLE: (&str, &str, bool) = (
     "MiB/s",
     true,
 );
+/// A ready Linux: booted (every VM peer) or restored from a snapshot of the
+/// same guest at its shell (the peers with snapshots), to its answer.
+const READY_TABLES: [(&str, &str, bool); 2] = [
+    (
+        "lab Linux: process start to the shell answering a command (emulated host)",
+        "s",
+        false,
+    ),
+    (
+        "lab restore: process start to a restored shell answering a command (emulated host)",
+        "s",
+        false,
+    ),
+];
+/// What is typed at the shell, and what only the shell's answer contains
+/// (the terminal echoes the command itself).
+const QUESTION: &str = "echo lab-answer-$((6*7))";
+const ANSWER: &str = "lab-answer-42";
+/// Restores of each snapshot per L1 boot.
+const RESTORES: usize = 3;
 
 fn rounds() -> usize {
     std::env::var("RVMM_BENCH_LAB_ROUNDS")
@@ -88,6 +111,7 @@ pub fn lab_section(peers: &[Peer]) -> Vec<Table> {
     let mut tables: Vec<Table> = TABLES
         .iter()
         .chain([&TCP_IN_TABLE])
+        .chain(&READY_TABLES)
         .map(|(title, unit, higher)| Table::new(title, unit, *higher))
         .collect();
     for table in &mut tables {
@@ -283,6 +307,55 @@ fn measure_all(peers: &[Peer], rounds: usize, out: &mut dyn FnMut(String)) {
             }
         }
     }
+    measure_restores(&vms, &scratch, out);
+}
+
+/// Each peer with snapshots boots the Debian guest (no network card: rvmm
+/// does not snapshot one) through its API, is snapshotted at its shell, and
+/// is restored RESTORES times, A B A B, each timed to the shell's answer.
+fn measure_restores(vms: &[&Peer], scratch: &Path, out: &mut dyn FnMut(String)) {
+    let kernel = guest_image("lab/vmlinux");
+    let initrd = guest_image("lab/debian-initramfs.cpio");
+    let guest = restore::Guest {
+        kernel: &kernel,
+        initrd: Some(&initrd),
+        boot_args: CMDLINE,
+        // Both memory files sit in L1's tmpfs.
+        mem_mib: 256,
+        ready: "built-in shell (ash)",
+        typed: QUESTION,
+        answer: ANSWER,
+        limit: Duration::from_secs(180),
+    };
+    let snapshots: Vec<(&Peer, (PathBuf, PathBuf))> = vms
+        .iter()
+        .copied()
+        .filter(|p| restore::has_snapshots(p))
+        .filter_map(|p| match restore::make_snapshot(p, &guest, scratch) {
+            Ok(files) => Some((p, files)),
+            Err(e) => {
+                eprintln!("lab bench: no snapshot of {}: {e}", p.name());
+                None
+            }
+        })
+        .collect();
+    for _ in 0..RESTORES {
+        for (peer, files) in &snapshots {
+            match restore::restore_once(peer, &guest, files, scratch) {
+                Some(sample) => out(format!(
+                    "{RESULT}{}\t{}\t{}",
+                    READY_TABLES[1].0,
+                    peer.name(),
+                    sample.answered / 1000.0
+                )),
+                None => eprintln!("lab bench: a restore of {} did not answer", peer.name()),
+            }
+        }
+    }
+    for (_, (state, memory)) in snapshots {
+        let _ = std::fs::remove_file(state);
+        let _ = std::fs::remove_file(memory);
+    }
 }
 
 /// The sum of KVM's counter `name` over the VMs that exist now.
@@ -364,6 +437,9 @@ fn measure(peer: &Peer, scratch: &Path, record: &mut dyn FnMut(&str, f64)) {
     }
     record(TABLES[5].0, other);
     vm.expect("built-in shell (ash)", limit);
+    vm.send(&format!("{QUESTION}\n"));
+    vm.expect(ANSWER, limit);
+    record(READY_TABLES[0].0, started.elapsed().as_secs_f64());
     vm.run("stty cols 1000", limit);
     let (status, out) = vm.run(
         &format!("ip addr add 10.0.3.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 10 {HOST_IP} >/dev/null"),

@@ -4,7 +4,7 @@
 //! median / max, ratio to rvmm) and writes target/bench/results.json and
 //! target/bench/report.md.
 //!
-//! Sections: startup, phases, memory, guest-memory, density, block, images,
+//! Sections: startup, restore, phases, memory, guest-memory, density, block, images,
 //! linux (on PVM hosts only when named: it takes minutes there), lab (Linux
 //! to user space, its VM exits and its network on every VM peer, in the
 //! hardware-KVM lab on PVM hosts: about ten minutes). Pass names to run only
@@ -20,6 +20,7 @@ mod lab;
 mod linux;
 mod peers;
 mod process;
+mod restore;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -467,8 +468,9 @@ fn main() {
 
     let mut tables: Vec<Table> = Vec::new();
     let asked_for_linux = wanted.iter().any(|w| w == "linux");
-    let sections: [(&str, &dyn Fn() -> Vec<Table>); 9] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Table>); 10] = [
         ("startup", &|| startup(&peers, &scratch)),
+        ("restore", &|| restore::restore(&peers, &scratch)),
         ("phases", &|| phases(&scratch)),
         ("memory", &|| memory(&peers, &scratch)),
         ("guest-memory", &|| {
@@ -506,7 +508,10 @@ fn main() {
         .filter(|t| !t.title.starts_with("rvmm phases"))
         .cloned()
         .collect();
-    let report = stats::markdown_report(&comparable, &systems, &host_description());
+    let mut report = stats::markdown_report(&comparable, &systems, &host_description());
+    for verdict in restore::verdicts(&tables) {
+        report.push_str(&format!("\nTarget, {verdict}\n"));
+    }
     std::fs::write(out_dir.join("report.md"), &report).unwrap();
     println!("\n{report}");
     println!("written: target/bench/results.json, target/bench/report.md");

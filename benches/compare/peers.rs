@@ -190,7 +190,11 @@ impl Bundle {
         }
         let spec_path = dir.join("config.json");
         let spec = std::fs::read_to_string(&spec_path).ok()?;
-        let quoted: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+        // JSON strings: a shell line's own quotes must be escaped.
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| serde_json::to_string(a).unwrap())
+            .collect();
         let spec = spec
             .replace("\"terminal\": true", "\"terminal\": false")
             .replace("\"sh\"", &quoted.join(", "));
