@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::common::is_pvm_host;
 use crate::peers::{vm_command, Peer, VmSpec};
-use crate::process::{start_until, stop};
+use crate::process::{start_until_within, stop};
 use crate::stats::{Series, Table};
 use crate::{iterations, WARMUP};
 
@@ -60,13 +60,15 @@ pub fn linux_boot(peers: &[Peer], scratch: &Path, asked_for: bool) -> Vec<Table>
             iterations().min(5),
         )
     };
+    // PVM hosts emulate guest kernel code: minutes to Run /init.
+    let limit = std::time::Duration::from_secs(if pvm { 900 } else { 120 });
     let vms: Vec<&Peer> = peers.iter().filter(|p| p.is_vm()).collect();
     let mut series: Vec<Series> = vms.iter().map(|p| Series::new(p.name())).collect();
     for round in 0..warmup + runs {
         for (i, peer) in vms.iter().enumerate() {
             eprintln!("linux: booting on {} ...", peer.name());
             // What the guest does after the marker is not measured: stop it.
-            match start_until(vm_command(peer, &spec, scratch), marker) {
+            match start_until_within(vm_command(peer, &spec, scratch), marker, limit) {
                 Some(started) => {
                     if round >= warmup {
                         series[i].samples.push(started.elapsed.as_secs_f64());

@@ -191,10 +191,8 @@ fn start_idle(
         Peer::Container(rt) => bundle?.run_command(rt),
         vm => vm_command(vm, &spec, scratch),
     };
-    let started = start_until(cmd, "ready")?;
-    // Keep the pipe open so the guest never sees a closed console.
-    std::mem::forget(started.stdout);
-    Some(started.child)
+    // The reader thread keeps the console's pipe open while it runs.
+    Some(start_until(cmd, "ready")?.child)
 }
 
 fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {

@@ -3,14 +3,23 @@
 
 use std::io::Read;
 use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use crate::ms;
 
+/// How long a run may take to show a marker or to exit, unless told
+/// otherwise: every run is bounded, so a VMM that hangs (Firecracker now
+/// and then ignores SIGTERM and never exits, see ../shared/peers/README.md)
+/// costs its sample, not the bench.
+pub const RUN_LIMIT: Duration = Duration::from_secs(60);
+
 /// A started process whose stdout has shown a marker.
 pub struct Started {
     pub child: Child,
-    pub stdout: std::process::ChildStdout,
+    /// Its stdout, read by a thread of its own that keeps the pipe open
+    /// (a guest never sees its console closed) until the process ends.
+    chunks: Receiver<Vec<u8>>,
     /// Everything read so far.
     pub seen: Vec<u8>,
     /// From spawn to the marker.
@@ -18,8 +27,17 @@ pub struct Started {
 }
 
 /// Spawns `cmd` and reads its stdout until `marker` appears; kills it and
-/// returns None if it never does.
-pub fn start_until(mut cmd: std::process::Command, marker: &str) -> Option<Started> {
+/// returns None if it does not within RUN_LIMIT.
+pub fn start_until(cmd: std::process::Command, marker: &str) -> Option<Started> {
+    start_until_within(cmd, marker, RUN_LIMIT)
+}
+
+/// As [`start_until`], within `limit`.
+pub fn start_until_within(
+    mut cmd: std::process::Command,
+    marker: &str,
+    limit: Duration,
+) -> Option<Started> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -27,14 +45,25 @@ pub fn start_until(mut cmd: std::process::Command, marker: &str) -> Option<Start
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let stdout = child.stdout.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, chunks) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                // Once nobody listens, keep draining: the pipe stays open.
+                Ok(n) => drop(tx.send(buf[..n].to_vec())),
+            }
+        }
+    });
     let mut started = Started {
         child,
-        stdout,
+        chunks,
         seen: Vec::new(),
         elapsed: Duration::ZERO,
     };
-    if !started.read_until(marker) {
+    if !started.read_until_within(marker, limit) {
         stop(started.child);
         return None;
     }
@@ -43,21 +72,55 @@ pub fn start_until(mut cmd: std::process::Command, marker: &str) -> Option<Start
 }
 
 impl Started {
-    /// Reads stdout until `marker` has appeared; false if it ends first.
+    /// Reads stdout until `marker` has appeared; false if it ends first or
+    /// RUN_LIMIT passes.
     pub fn read_until(&mut self, marker: &str) -> bool {
-        let mut buf = [0u8; 4096];
+        self.read_until_within(marker, RUN_LIMIT)
+    }
+
+    fn read_until_within(&mut self, marker: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
         while !String::from_utf8_lossy(&self.seen).contains(marker) {
-            match self.stdout.read(&mut buf) {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(_) => return false,
             }
         }
         true
     }
+
+    /// Reads the rest of stdout and waits for the process to exit, both
+    /// within RUN_LIMIT; kills it and returns false if it does not exit.
+    pub fn finish(&mut self) -> bool {
+        let deadline = Instant::now() + RUN_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return false;
+                }
+            }
+        }
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
 }
 
 /// Spawns `cmd` and returns (time to the first stdout line containing
-/// `marker`, time to exit), or None if the marker never came.
+/// `marker`, time to exit), or None if the marker never came or it did
+/// not exit within RUN_LIMIT.
 pub fn time_run(cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> {
     time_run_output(cmd, marker).map(|(first, exit, _)| (first, exit))
 }
@@ -66,8 +129,10 @@ pub fn time_run(cmd: std::process::Command, marker: &str) -> Option<(f64, f64)> 
 pub fn time_run_output(cmd: std::process::Command, marker: &str) -> Option<(f64, f64, String)> {
     let start = Instant::now();
     let mut started = start_until(cmd, marker)?;
-    let _ = started.stdout.read_to_end(&mut started.seen);
-    let _ = started.child.wait();
+    if !started.finish() {
+        eprintln!("bench: a run did not exit within {RUN_LIMIT:?}; killed, not counted");
+        return None;
+    }
     Some((
         ms(started.elapsed),
         ms(start.elapsed()),
