@@ -30,12 +30,19 @@ use std::time::{Duration, Instant};
 use common::{guest, pseudo_random_bytes, Entry};
 use peers::{vm_command, Bundle, Peer, VmSpec};
 use process::{
-    mem_available_kib, overhead_kib, rss_kib, start_until, stop, time_run, time_run_output,
+    container_memory, mem_available_kib, overhead, rss_kib, start_until, stop, time_run,
+    time_run_output,
 };
 use stats::{Series, Table};
 
 const MIB: u64 = 1 << 20;
 const WARMUP: usize = 3;
+/// The pause before every run. A VM's teardown in the host kernel goes on
+/// after its VMM is reaped; a run started at once shares the host with it.
+/// Back to back, half of rvmm's hello-guest runs took about 24 ms to exit
+/// instead of about 9 (10 runs each way; 1 in 10 with the pause), and
+/// Firecracker shows the same two modes.
+const SETTLE: Duration = Duration::from_millis(50);
 /// The container counterpart of the halt guest: say ready, then idle.
 const IDLE_CONTAINER: &[&str] = &["/bin/busybox", "sh", "-c", "echo ready; sleep 600"];
 
@@ -56,13 +63,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs `f(peer)` for every peer in turn (A B A B ...), warm-up first.
+/// Runs `f(peer)` for every peer in turn (A B A B ...), warm-up first,
+/// each run SETTLE after the previous one.
 fn interleave(peers: &[Peer], mut f: impl FnMut(&Peer) -> Option<Vec<f64>>, tables: &mut [Table]) {
     for t in tables.iter_mut() {
         t.series = peers.iter().map(|p| Series::new(p.name())).collect();
     }
     for round in 0..WARMUP + iterations() {
         for (i, peer) in peers.iter().enumerate() {
+            std::thread::sleep(SETTLE);
             let Some(values) = f(peer) else { continue };
             if round >= WARMUP {
                 for (t, v) in tables.iter_mut().zip(values) {
@@ -195,6 +204,10 @@ fn start_idle(
     Some(start_until(cmd, "ready")?.child)
 }
 
+/// Memory of an idle guest's VMM outside guest RAM (or of a container:
+/// its cgroup plus its `runc run`), as RSS, PSS and USS. One VM runs at a
+/// time, so PSS and USS differ only by what the VMM shares with processes
+/// other than VMs (libraries); the density section shows PSS with many.
 fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     let kernel = guest("halt", Entry::Pvh);
     let bundles: Vec<Option<Bundle>> = peers
@@ -203,31 +216,40 @@ fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         .collect();
     let mut out = Vec::new();
     for mem_mib in [128, 2048] {
-        let mut table = [Table::new(
-            &format!("memory overhead, {mem_mib} MiB guest"),
-            "MiB",
-            false,
-        )];
+        let mut tables = [
+            Table::new(
+                &format!("memory overhead, {mem_mib} MiB guest: RSS outside guest RAM"),
+                "MiB",
+                false,
+            ),
+            Table::new(
+                &format!("memory overhead, {mem_mib} MiB guest: PSS outside guest RAM"),
+                "MiB",
+                false,
+            ),
+            Table::new(
+                &format!("memory overhead, {mem_mib} MiB guest: USS (private) outside guest RAM"),
+                "MiB",
+                false,
+            ),
+        ];
         interleave(
             peers,
             |peer| {
                 let index = peers.iter().position(|p| p.name() == peer.name()).unwrap();
                 let child = start_idle(peer, mem_mib, &kernel, bundles[index].as_ref(), scratch)?;
                 std::thread::sleep(Duration::from_millis(100));
-                let kib = overhead_kib(
-                    child.id(),
-                    if peer.is_vm() {
-                        mem_mib * MIB
-                    } else {
-                        u64::MAX
-                    },
-                );
+                let kib = match peer {
+                    Peer::Container(_) => container_memory(child.id()),
+                    _ => overhead(child.id(), mem_mib * MIB),
+                };
                 stop(child);
-                Some(vec![kib? / 1024.0])
+                let kib = kib?;
+                Some(vec![kib.rss / 1024.0, kib.pss / 1024.0, kib.uss / 1024.0])
             },
-            &mut table,
+            &mut tables,
         );
-        out.extend(table);
+        out.extend(tables);
     }
     cleanup_containers();
     out
@@ -506,7 +528,18 @@ fn main() {
         .filter(|t| !t.title.starts_with("rvmm phases"))
         .cloned()
         .collect();
-    let mut report = stats::markdown_report(&comparable, &systems, &host_description());
+    let ran: Vec<&str> = sections
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| run(name))
+        .collect();
+    let method = format!(
+        "Sections run: {}. In startup, restore, memory, guest-memory and block the systems ran in turn, A B A B, {WARMUP} warm-up rounds dropped, then {} rounds, each run {} ms after the previous one ended (a killed VM's teardown goes on in the host kernel). Density ran each system on its own, one pass per step; images is one measurement; the Linux boot on a PVM host is one run per system; the lab's rounds are one L1 boot each (see README).",
+        ran.join(", "),
+        iterations(),
+        SETTLE.as_millis()
+    );
+    let mut report = stats::markdown_report(&comparable, &systems, &host_description(), &method);
     for verdict in restore::verdicts(&tables) {
         report.push_str(&format!("\nTarget, {verdict}\n"));
     }

@@ -140,44 +140,86 @@ pub fn time_run_output(cmd: std::process::Command, marker: &str) -> Option<(f64,
     ))
 }
 
-/// Resident memory of `pid` that is not guest RAM, in KiB: every mapping's
-/// Rss except guest RAM's (Firecracker's method): the largest run of
-/// adjacent anonymous mappings at least as big as guest memory (rvmm gives
-/// the first 2 MiB of guest RAM a mapping of its own).
-pub fn overhead_kib(pid: u32, guest_bytes: u64) -> Option<f64> {
+/// Memory of a process outside guest RAM, in KiB, three ways: resident
+/// (RSS: every page it maps, shared ones in full), proportional (PSS: a
+/// page shared by N processes counts 1/N) and private (USS: pages no other
+/// process maps, what starting one more costs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryKib {
+    pub rss: f64,
+    pub pss: f64,
+    pub uss: f64,
+}
+
+impl std::ops::Add for MemoryKib {
+    type Output = MemoryKib;
+    fn add(self, other: MemoryKib) -> MemoryKib {
+        MemoryKib {
+            rss: self.rss + other.rss,
+            pss: self.pss + other.pss,
+            uss: self.uss + other.uss,
+        }
+    }
+}
+
+/// One mapping of /proc/PID/smaps.
+#[derive(Default)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    anonymous: bool,
+    kib: MemoryKib,
+}
+
+/// The memory of `pid` that is not guest RAM (Firecracker's method, for
+/// RSS, PSS and USS): every mapping's, except guest RAM's, which is the
+/// largest run of adjacent anonymous mappings at least as big as guest
+/// memory (rvmm gives the first 2 MiB of guest RAM a mapping of its own).
+pub fn overhead(pid: u32, guest_bytes: u64) -> Option<MemoryKib> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    // (start, end, rss KiB, anonymous)
-    let mut mappings: Vec<(u64, u64, u64, bool)> = Vec::new();
+    let mut mappings: Vec<Mapping> = Vec::new();
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields
-            .first()
-            .is_some_and(|f| f.contains('-') && f.chars().next().unwrap().is_ascii_hexdigit())
-        {
-            let (a, b) = fields[0].split_once('-')?;
-            let (a, b) = (
-                u64::from_str_radix(a, 16).ok()?,
-                u64::from_str_radix(b, 16).ok()?,
-            );
-            mappings.push((a, b, 0, fields.len() < 6));
-        } else if fields.first() == Some(&"Rss:") {
-            mappings.last_mut()?.2 = fields[1].parse().ok()?;
+        let Some(first) = fields.first() else {
+            continue;
+        };
+        if first.contains('-') && first.chars().next().unwrap().is_ascii_hexdigit() {
+            let (a, b) = first.split_once('-')?;
+            mappings.push(Mapping {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                anonymous: fields.len() < 6,
+                kib: MemoryKib::default(),
+            });
+            continue;
+        }
+        let value = || -> Option<f64> { fields.get(1)?.parse().ok() };
+        let Some(last) = mappings.last_mut() else {
+            continue;
+        };
+        match *first {
+            "Rss:" => last.kib.rss = value()?,
+            "Pss:" => last.kib.pss = value()?,
+            "Private_Clean:" | "Private_Dirty:" => last.kib.uss += value()?,
+            _ => {}
         }
     }
     // Runs of adjacent anonymous mappings: (first index, last index, size).
     let mut runs: Vec<(usize, usize, u64)> = Vec::new();
     for (i, m) in mappings.iter().enumerate() {
         match runs.last_mut() {
-            Some(run) if m.3 && mappings[run.1].3 && mappings[run.1].1 == m.0 => {
+            Some(run)
+                if m.anonymous && mappings[run.1].anonymous && mappings[run.1].end == m.start =>
+            {
                 run.1 = i;
-                run.2 += m.1 - m.0;
+                run.2 += m.end - m.start;
             }
-            _ => runs.push((i, i, m.1 - m.0)),
+            _ => runs.push((i, i, m.end - m.start)),
         }
     }
     let guest = runs
         .iter()
-        .filter(|r| mappings[r.0].3 && r.2 >= guest_bytes)
+        .filter(|r| mappings[r.0].anonymous && r.2 >= guest_bytes)
         .max_by_key(|r| r.2)
         .map(|r| r.0..=r.1);
     Some(
@@ -185,9 +227,53 @@ pub fn overhead_kib(pid: u32, guest_bytes: u64) -> Option<f64> {
             .iter()
             .enumerate()
             .filter(|(i, _)| !guest.as_ref().is_some_and(|g| g.contains(i)))
-            .map(|(_, m)| m.2 as f64)
-            .sum(),
+            .fold(MemoryKib::default(), |sum, (_, m)| sum + m.kib),
     )
+}
+
+/// A runc container's memory, in KiB: its cgroup's usage (every process in
+/// it, and the page cache charged to it), plus the `runc run` process that
+/// stays beside it for its life (as a VMM process does beside its guest).
+pub fn container_memory(runc_pid: u32) -> Option<MemoryKib> {
+    let init = children(runc_pid).into_iter().next()?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).ok()?;
+    // cgroup v1 ("N:memory:/path") or v2 ("0::/path").
+    let usage = cgroups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = match controllers {
+            "memory" => format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"),
+            "" => format!("/sys/fs/cgroup{path}/memory.current"),
+            _ => return None,
+        };
+        std::fs::read_to_string(file)
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    })? / 1024.0;
+    let cgroup = MemoryKib {
+        rss: usage,
+        pss: usage,
+        uss: usage,
+    };
+    Some(cgroup + overhead(runc_pid, u64::MAX)?)
+}
+
+/// The child processes of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 pub fn stop(mut child: Child) {

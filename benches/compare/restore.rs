@@ -14,9 +14,7 @@
 //! (Firecracker now and then loses its guest's output, see
 //! ../shared/peers/README.md). The memory files sit in the page cache after
 //! the first restore, as they would for a host restoring many VMs. Each run
-//! starts SETTLE after the previous one was killed: the host kernel goes on
-//! tearing a killed VM down for a few ms, and a run started at once (rvmm's
-//! restored guest answers within 3-4 ms) paid up to 3 ms of it.
+//! starts SETTLE after the previous one ended (see `interleave`).
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -30,11 +28,9 @@ use crate::common::{guest, read_lines, Entry};
 use crate::peers::{vm_command, Bundle, Peer, VmSpec};
 use crate::process::rss_kib;
 use crate::stats::{Series, Table};
-use crate::{iterations, ms, WARMUP};
+use crate::{iterations, ms, SETTLE, WARMUP};
 
 const MEM_MIB: u64 = 128;
-/// The pause before every run (see above).
-const SETTLE: Duration = Duration::from_millis(50);
 const TYPED: &str = "are you there";
 /// The container counterpart of the echo guest.
 const ECHO_CONTAINER: &[&str] = &[

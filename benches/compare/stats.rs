@@ -131,13 +131,24 @@ impl Table {
 }
 
 /// The comparison report: one row per table (its medians), one column per system.
-pub fn markdown_report(tables: &[Table], systems: &[String], host: &str) -> String {
+pub fn markdown_report(tables: &[Table], systems: &[String], host: &str, method: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Measured by `cargo bench` on {host}. Medians; each system ran in turn, A B A B, after a warm-up.\n");
+    let _ = writeln!(
+        out,
+        "Measured by `cargo bench` on {host}. Medians, each with its sample count. {method}\n"
+    );
     let _ = writeln!(out, "| measure | {} |", systems.join(" | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(systems.len()));
     for t in tables {
-        let cells: Vec<String> = systems.iter().map(|s| cell(t.median_of(s))).collect();
+        let cells: Vec<String> = systems
+            .iter()
+            .map(|s| match t.series.iter().find(|x| &x.system == s) {
+                Some(series) if !series.samples.is_empty() => {
+                    format!("{} (n={})", cell(series.median()), series.samples.len())
+                }
+                _ => "-".into(),
+            })
+            .collect();
         let _ = writeln!(out, "| {} ({}) | {} |", t.title, t.unit, cells.join(" | "));
     }
     out
