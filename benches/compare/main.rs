@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::{guest, pseudo_random_bytes, Entry};
 use peers::{vm_command, Bundle, Peer, VmSpec};
 use process::{
-    container_memory, mem_available_kib, overhead, rss_kib, start_until, stop, time_run,
+    container_memory, mem_available_kib, overhead, pss_kib, rss_kib, start_until, stop, time_run,
     time_run_output,
 };
 use stats::{Series, Table};
@@ -278,6 +278,11 @@ fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         "ms",
         false,
     );
+    let mut pss_per_vm = Table::new(
+        &format!("density: PSS per instance, {reference} running (guest pages touched included; containers: cgroup + runc)"),
+        "MiB",
+        false,
+    );
     let mut per_vm = Table::new(
         &format!("density: host memory per instance, {reference} running"),
         "MiB",
@@ -288,6 +293,7 @@ fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         let mut best = 0;
         let mut kib_per_instance = 0.0;
         let (mut s_time, mut s_mem) = (Series::new(peer.name()), Series::new(peer.name()));
+        let mut s_pss = Series::new(peer.name());
         for &n in &steps {
             let free_before = mem_available_kib();
             // Stop short of the OOM killer, which would pick its own victims.
@@ -314,6 +320,15 @@ fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             let ok = children.iter().all(Option::is_some);
             let used = free_before - mem_available_kib();
             let rss: f64 = children.iter().flatten().map(|c| rss_kib(c.id())).sum();
+            // PSS with all n running: pages they share are divided among them.
+            let pss: f64 = children
+                .iter()
+                .flatten()
+                .filter_map(|c| match peer {
+                    Peer::Container(_) => container_memory(c.id()).map(|m| m.pss),
+                    _ => pss_kib(c.id()),
+                })
+                .sum();
             for c in children.into_iter().flatten() {
                 stop(c);
             }
@@ -326,6 +341,7 @@ fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             if n == reference {
                 s_time.samples.push(elapsed);
                 s_mem.samples.push(kib_per_instance / 1024.0);
+                s_pss.samples.push(pss / n as f64 / 1024.0);
             }
         }
         let mut s = Series::new(peer.name());
@@ -333,11 +349,12 @@ fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         largest.series.push(s);
         time.series.push(s_time);
         per_vm.series.push(s_mem);
+        pss_per_vm.series.push(s_pss);
         if let Peer::Container(_) = peer {
             cleanup_containers();
         }
     }
-    vec![largest, time, per_vm]
+    vec![largest, time, per_vm, pss_per_vm]
 }
 
 fn cleanup_containers() {

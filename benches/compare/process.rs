@@ -281,6 +281,11 @@ pub fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// The whole of `pid`'s proportional set size (smaps_rollup), in KiB.
+pub fn pss_kib(pid: u32) -> Option<f64> {
+    crate::common::proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss").map(|k| k as f64)
+}
+
 pub fn rss_kib(pid: u32) -> f64 {
     crate::common::proc_kib(&format!("/proc/{pid}/status"), "VmRSS").unwrap_or(0) as f64
 }
