@@ -762,11 +762,14 @@ fn user_space_a_shell_snapshotted_and_restored_answers_and_keeps_its_disk() {
             let _ = std::fs::remove_file(&socket);
             let sock = path(&socket).to_string();
             let mut vm = Console::start(&["--api-sock", &sock], "user-snapshot");
-            let deadline = std::time::Instant::now() + step_limit();
-            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-                assert!(std::time::Instant::now() < deadline, "no API socket");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            assert!(
+                common::api_client::wait_for_socket(
+                    &socket,
+                    step_limit(),
+                    Duration::from_millis(20)
+                ),
+                "no API socket"
+            );
             let put = |socket: &Path, what: &str, body: String| {
                 let (status, reply) = request(socket, "PUT", what, &body);
                 assert_eq!(status, 204, "PUT {what}: {reply}");
@@ -823,11 +826,14 @@ fn user_space_a_shell_snapshotted_and_restored_answers_and_keeps_its_disk() {
             let _ = std::fs::remove_file(&restored_socket);
             let sock = path(&restored_socket).to_string();
             let mut vm = Console::start(&["--api-sock", &sock], "user-snapshot-restored");
-            let deadline = std::time::Instant::now() + step_limit();
-            while std::os::unix::net::UnixStream::connect(&restored_socket).is_err() {
-                assert!(std::time::Instant::now() < deadline, "no API socket");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            assert!(
+                common::api_client::wait_for_socket(
+                    &restored_socket,
+                    step_limit(),
+                    Duration::from_millis(20)
+                ),
+                "no API socket"
+            );
             put(
                 &restored_socket,
                 "/snapshot/load",

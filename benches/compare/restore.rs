@@ -17,13 +17,12 @@
 //! starts SETTLE after the previous one ended (see `interleave`).
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use crate::common::api_client::request;
+use crate::common::api_client::{line_with, request, wait_for_socket};
 use crate::common::{guest, read_lines, Entry};
 use crate::peers::{vm_command, Bundle, Peer, VmSpec};
 use crate::process::rss_kib;
@@ -32,6 +31,8 @@ use crate::{iterations, ms, SETTLE, WARMUP};
 
 const MEM_MIB: u64 = 128;
 const TYPED: &str = "are you there";
+/// How often to try the API socket: finely, since the wait is timed.
+const SOCKET_POLL: Duration = Duration::from_micros(200);
 /// The container counterpart of the echo guest.
 const ECHO_CONTAINER: &[&str] = &[
     "/bin/busybox",
@@ -84,15 +85,7 @@ impl Running {
 
     /// Waits (bounded) for a console line containing `marker`.
     fn wait_for(&self, marker: &str) -> bool {
-        let deadline = Instant::now() + self.limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
+        line_with(&self.lines, marker, self.limit).is_ok()
     }
 
     fn type_line(&mut self, line: &str) -> bool {
@@ -130,18 +123,6 @@ fn api_command(peer: &Peer, socket: &Path) -> Option<Command> {
     Some(cmd)
 }
 
-/// Waits (bounded) until something accepts connections at `socket`.
-fn wait_for_socket(socket: &Path, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while UnixStream::connect(socket).is_err() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    true
-}
-
 fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(), String> {
     // The client panics on a broken connection; that is one failed run.
     let reply = std::panic::catch_unwind(|| request(socket, method, path, body))
@@ -163,7 +144,7 @@ pub fn make_snapshot(
     let _ = std::fs::remove_file(&socket);
     let cmd = api_command(peer, &socket).ok_or("no snapshots")?;
     let vm = Running::spawn(cmd, guest.limit).ok_or("cannot start it")?;
-    if !wait_for_socket(&socket, guest.limit) {
+    if !wait_for_socket(&socket, guest.limit, SOCKET_POLL) {
         return Err("no API socket".into());
     }
     let initrd = guest
@@ -222,7 +203,7 @@ pub fn restore_once(
     std::thread::sleep(SETTLE);
     let start = Instant::now();
     let mut vm = Running::spawn(api_command(peer, &socket)?, guest.limit)?;
-    if !wait_for_socket(&socket, guest.limit) {
+    if !wait_for_socket(&socket, guest.limit, SOCKET_POLL) {
         return None;
     }
     let load = format!(

@@ -32,15 +32,11 @@ impl Served {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let console = super::read_lines(child.stdout.take().unwrap());
-        let deadline = Instant::now() + LIMIT;
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no API socket at {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(
+            wait_for_socket(&socket, LIMIT, Duration::from_millis(10)),
+            "{name}: no API socket at {}",
+            socket.display()
+        );
         Served {
             child,
             socket,
@@ -60,15 +56,7 @@ impl Served {
 
     /// Waits for a console line containing `marker`, or says why none came.
     pub fn wait_for(&self, marker: &str) -> Result<String, String> {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.console.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return Ok(line),
-                Ok(_) => {}
-                Err(e) => return Err(format!("no console line with {marker:?}: {e:?}")),
-            }
-        }
+        line_with(&self.console, marker, LIMIT)
     }
 }
 
@@ -78,6 +66,37 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The next of `lines` that contains `marker`, within `limit`, or why none
+/// came.
+pub fn line_with(
+    lines: &std::sync::mpsc::Receiver<String>,
+    marker: &str,
+    limit: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(marker) => return Ok(line),
+            Ok(_) => {}
+            Err(e) => return Err(format!("no console line with {marker:?}: {e:?}")),
+        }
+    }
+}
+
+/// Waits until something accepts connections at `socket`, trying every
+/// `poll`; false if nothing does within `limit`.
+pub fn wait_for_socket(socket: &Path, limit: Duration, poll: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while UnixStream::connect(socket).is_err() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(poll);
+    }
+    true
 }
 
 /// Sends one request to the API at `socket` on a fresh connection:
