@@ -14,7 +14,7 @@
 //! (Firecracker now and then loses its guest's output, see
 //! ../shared/peers/README.md). The memory files sit in the page cache after
 //! the first restore, as they would for a host restoring many VMs. Each run
-//! starts SETTLE after the previous one ended (see `interleave`).
+//! starts SETTLE after the previous one ended (why: at SETTLE in main.rs).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
