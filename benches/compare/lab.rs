@@ -229,7 +229,8 @@ fn run_in_lab(peers: &[Peer]) -> Result<Vec<String>, String> {
             );
             let args = [INNER_ARG.to_string(), "1".to_string()];
             let which = format!("bench-{round}-{attempt}");
-            let (output, complete) = match lab::run(&args, &extra, LAB_LIMIT, &which) {
+            let job = format!("exec /lab/tests {}", args.join(" "));
+            let (output, complete) = match lab::run(&job, &extra, LAB_LIMIT, &which) {
                 Ok(run) => {
                     let done = run
                         .output()

@@ -355,7 +355,13 @@ impl Console {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            // A guest that prints without end must not hold this past `limit`.
+            let next = if left.is_zero() {
+                Err(mpsc::RecvTimeoutError::Timeout)
+            } else {
+                self.lines.recv_timeout(left)
+            };
+            match next {
                 Ok(line) => {
                     self.seen.push(line.clone());
                     if line.contains(marker) {
