@@ -15,7 +15,10 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod density;
+mod docker;
 mod guest_memory;
+mod instance;
 mod lab;
 mod linux;
 mod peers;
@@ -24,15 +27,12 @@ mod restore;
 mod stats;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{guest, pseudo_random_bytes, Entry};
+use instance::{Idle, Instance};
 use peers::{vm_command, Bundle, Peer, VmSpec};
-use process::{
-    container_memory, mem_available_kib, overhead, pss_kib, rss_kib, start_until, stop, time_run,
-    time_run_output,
-};
+use process::{time_run, time_run_output};
 use stats::{Series, Table};
 
 const MIB: u64 = 1 << 20;
@@ -43,8 +43,6 @@ const WARMUP: usize = 3;
 /// instead of about 9 (10 runs each way; 1 in 10 with the pause), and
 /// Firecracker shows the same two modes.
 const SETTLE: Duration = Duration::from_millis(50);
-/// The container counterpart of the halt guest: say ready, then idle.
-const IDLE_CONTAINER: &[&str] = &["/bin/busybox", "sh", "-c", "echo ready; sleep 600"];
 
 fn iterations() -> usize {
     std::env::var("RVMM_BENCH_ITERATIONS")
@@ -118,6 +116,10 @@ fn startup(peers: &[Peer], scratch: &Path) -> Vec<Table> {
                     bundles[index].as_ref()?.run_command(rt),
                     "Hello from a container",
                 ),
+                Peer::Docker(docker) => (
+                    docker.run_command(&["/bin/busybox", "echo", "Hello from a container"], false),
+                    "Hello from a container",
+                ),
                 vm => (
                     vm_command(vm, &spec, scratch),
                     "Hello from the rvmm PVH test guest",
@@ -180,40 +182,13 @@ fn phases(scratch: &Path) -> Vec<Table> {
     vec![t_wall, t_cpu]
 }
 
-/// Starts an idle guest (or container) and waits until it says it is ready.
-fn start_idle(
-    peer: &Peer,
-    mem_mib: u64,
-    kernel: &Path,
-    bundle: Option<&Bundle>,
-    scratch: &Path,
-) -> Option<Child> {
-    let spec = VmSpec {
-        kernel,
-        mem_mib,
-        cmdline: "console=ttyS0",
-        disks: &[],
-        initrd: None,
-        net: None,
-    };
-    let cmd = match peer {
-        Peer::Container(rt) => bundle?.run_command(rt),
-        vm => vm_command(vm, &spec, scratch),
-    };
-    // The reader thread keeps the console's pipe open while it runs.
-    Some(start_until(cmd, "ready")?.child)
-}
-
 /// Memory of an idle guest's VMM outside guest RAM (or of a container:
-/// its cgroup plus its `runc run`), as RSS, PSS and USS. One VM runs at a
-/// time, so PSS and USS differ only by what the VMM shares with processes
-/// other than VMs (libraries); the density section shows PSS with many.
+/// its cgroup plus its `runc run`, or plus its shim and what Docker's
+/// daemon grew by), as RSS, PSS and USS. One VM runs at a time, so PSS and
+/// USS differ only by what the VMM shares with processes other than VMs
+/// (libraries); the density section shows PSS with many.
 fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
-    let kernel = guest("halt", Entry::Pvh);
-    let bundles: Vec<Option<Bundle>> = peers
-        .iter()
-        .map(|p| Bundle::for_peer(p, scratch, IDLE_CONTAINER))
-        .collect();
+    let idles: Vec<Idle> = peers.iter().map(|p| Idle::new(p, scratch)).collect();
     let mut out = Vec::new();
     for mem_mib in [128, 2048] {
         let mut tables = [
@@ -237,13 +212,13 @@ fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             peers,
             |peer| {
                 let index = peers.iter().position(|p| p.name() == peer.name()).unwrap();
-                let child = start_idle(peer, mem_mib, &kernel, bundles[index].as_ref(), scratch)?;
+                let daemon_before = instance::daemon_memory(peer);
+                let instance = idles[index].start(peer, mem_mib, scratch)?;
                 std::thread::sleep(Duration::from_millis(100));
-                let kib = match peer {
-                    Peer::Container(_) => container_memory(child.id()),
-                    _ => overhead(child.id(), mem_mib * MIB),
-                };
-                stop(child);
+                let kib = instance
+                    .memory(peer)
+                    .map(|m| m + instance::daemon_memory(peer).saturating_sub(daemon_before));
+                Instance::stop_all(vec![instance]);
                 let kib = kib?;
                 Some(vec![kib.rss / 1024.0, kib.pss / 1024.0, kib.uss / 1024.0])
             },
@@ -255,109 +230,7 @@ fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     out
 }
 
-fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
-    let max: usize = std::env::var("RVMM_BENCH_DENSITY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let steps: Vec<usize> = [10, 50, 100, 200, 500, 1000]
-        .into_iter()
-        .filter(|n| *n <= max)
-        .collect();
-    // Time and memory are compared at 200 (or the largest step below it),
-    // which every system reaches; the count goes as high as each can.
-    let reference = steps.iter().copied().rfind(|&n| n <= 200).unwrap_or(10);
-    let kernel = guest("halt", Entry::Pvh);
-    let mut largest = Table::new(
-        "density: most idle 128 MiB instances started at once",
-        "count",
-        true,
-    );
-    let mut time = Table::new(
-        &format!("density: time until all of {reference} are up"),
-        "ms",
-        false,
-    );
-    let mut pss_per_vm = Table::new(
-        &format!("density: PSS per instance, {reference} running (guest pages touched included; containers: cgroup + runc)"),
-        "MiB",
-        false,
-    );
-    let mut per_vm = Table::new(
-        &format!("density: host memory per instance, {reference} running"),
-        "MiB",
-        false,
-    );
-    for peer in peers {
-        let bundle = Bundle::for_peer(peer, scratch, IDLE_CONTAINER);
-        let mut best = 0;
-        let mut kib_per_instance = 0.0;
-        let (mut s_time, mut s_mem) = (Series::new(peer.name()), Series::new(peer.name()));
-        let mut s_pss = Series::new(peer.name());
-        for &n in &steps {
-            let free_before = mem_available_kib();
-            // Stop short of the OOM killer, which would pick its own victims.
-            if kib_per_instance * n as f64 > free_before * 0.8 {
-                eprintln!(
-                    "density: {} stops at {best}: {n} would need about {:.0} MiB, more than 80% of the {:.0} MiB available",
-                    peer.name(),
-                    kib_per_instance * n as f64 / 1024.0,
-                    free_before / 1024.0
-                );
-                break;
-            }
-            let start = Instant::now();
-            let children: Vec<Option<Child>> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..n)
-                    .map(|_| s.spawn(|| start_idle(peer, 128, &kernel, bundle.as_ref(), scratch)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().ok().flatten())
-                    .collect()
-            });
-            let elapsed = ms(start.elapsed());
-            let ok = children.iter().all(Option::is_some);
-            let used = free_before - mem_available_kib();
-            let rss: f64 = children.iter().flatten().map(|c| rss_kib(c.id())).sum();
-            // PSS with all n running: pages they share are divided among them.
-            let pss: f64 = children
-                .iter()
-                .flatten()
-                .filter_map(|c| match peer {
-                    Peer::Container(_) => container_memory(c.id()).map(|m| m.pss),
-                    _ => pss_kib(c.id()),
-                })
-                .sum();
-            for c in children.into_iter().flatten() {
-                stop(c);
-            }
-            if !ok {
-                eprintln!("density: {} could not start {n} at once", peer.name());
-                break;
-            }
-            best = n;
-            kib_per_instance = used.max(rss) / n as f64;
-            if n == reference {
-                s_time.samples.push(elapsed);
-                s_mem.samples.push(kib_per_instance / 1024.0);
-                s_pss.samples.push(pss / n as f64 / 1024.0);
-            }
-        }
-        let mut s = Series::new(peer.name());
-        s.samples.push(best as f64);
-        largest.series.push(s);
-        time.series.push(s_time);
-        per_vm.series.push(s_mem);
-        pss_per_vm.series.push(s_pss);
-        if let Peer::Container(_) = peer {
-            cleanup_containers();
-        }
-    }
-    vec![largest, time, per_vm, pss_per_vm]
-}
-
-fn cleanup_containers() {
+pub fn cleanup_containers() {
     if let Ok(out) = std::process::Command::new("runc")
         .arg("list")
         .arg("-q")
@@ -372,6 +245,7 @@ fn cleanup_containers() {
                 .status();
         }
     }
+    docker::remove_all();
 }
 
 fn block(peers: &[Peer], scratch: &Path) -> Vec<Table> {
@@ -453,6 +327,10 @@ fn images(peers: &[Peer], scratch: &Path) -> Vec<Table> {
                     s.samples.push(b.rootfs_bytes() as f64 / MIB as f64);
                 }
             }
+            Peer::Docker(docker) => {
+                s.samples
+                    .extend(docker.image_bytes().map(|b| b as f64 / MIB as f64));
+            }
             _ => s.samples.extend(linux),
         }
         table.series.push(s);
@@ -499,8 +377,8 @@ fn main() {
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
     common::require_kvm();
     let scratch = scratch_dir();
-    let peers = peers::available();
-    let systems: Vec<String> = peers.iter().map(|p| p.name().to_string()).collect();
+    let peers = peers::available(&scratch);
+    let mut systems: Vec<String> = peers.iter().map(|p| p.name().to_string()).collect();
     eprintln!("comparing: {}", systems.join(", "));
 
     let mut tables: Vec<Table> = Vec::new();
@@ -513,7 +391,7 @@ fn main() {
         ("guest-memory", &|| {
             guest_memory::guest_memory(&peers, &scratch)
         }),
-        ("density", &|| density(&peers, &scratch)),
+        ("density", &|| density::density(&peers, &scratch)),
         ("block", &|| block(&peers, &scratch)),
         ("images", &|| images(&peers, &scratch)),
         ("linux", &|| {
@@ -545,13 +423,21 @@ fn main() {
         .filter(|t| !t.title.starts_with("rvmm phases"))
         .cloned()
         .collect();
+    // Series beside the peers' own (rvmm --hugepages) get columns too.
+    for t in &comparable {
+        for s in &t.series {
+            if !systems.contains(&s.system) {
+                systems.push(s.system.clone());
+            }
+        }
+    }
     let ran: Vec<&str> = sections
         .iter()
         .map(|(name, _)| *name)
         .filter(|name| run(name))
         .collect();
     let method = format!(
-        "Sections run: {}. In startup, restore, memory, guest-memory and block the systems ran in turn, A B A B, {WARMUP} warm-up rounds dropped, then {} rounds, each run {} ms after the previous one ended (a killed VM's teardown goes on in the host kernel). Density ran each system on its own, one pass per step; images is one measurement; the Linux boot on a PVM host is one run per system; the lab's rounds are one L1 boot each (see README).",
+        "Sections run: {}. In startup, restore, memory, guest-memory and block the systems ran in turn, A B A B, {WARMUP} warm-up rounds dropped, then {} rounds, each run {} ms after the previous one ended (a killed VM's teardown goes on in the host kernel). Density went up its steps of N in turn for every system (A B A B), one pass per step; images is one measurement; the Linux boot on a PVM host is one run per system; the lab's rounds are one L1 boot each (see README).",
         ran.join(", "),
         iterations(),
         SETTLE.as_millis()

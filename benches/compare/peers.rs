@@ -1,18 +1,23 @@
 //! The systems compared, and how each is told to run a guest: rvmm, QEMU's
 //! microvm machine, Firecracker (RVMM_BENCH_FIRECRACKER, or the unmodified
 //! release binary in `../shared/peers/` beside the checkout) and, for the
-//! container column, runc (crun refuses hosts with hybrid cgroups, which
-//! these are).
+//! container columns, runc (crun refuses hosts with hybrid cgroups, which
+//! these are) and Docker Engine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::docker::Docker;
 
 #[derive(Clone, Debug)]
 pub enum Peer {
     Rvmm,
     Qemu,
     Firecracker(PathBuf),
+    /// runc, at this path.
     Container(PathBuf),
+    Docker(Arc<Docker>),
 }
 
 impl Peer {
@@ -22,11 +27,12 @@ impl Peer {
             Peer::Qemu => "qemu-microvm",
             Peer::Firecracker(_) => "firecracker",
             Peer::Container(_) => "runc container",
+            Peer::Docker(_) => "docker container",
         }
     }
 
     pub fn is_vm(&self) -> bool {
-        !matches!(self, Peer::Container(_))
+        !matches!(self, Peer::Container(_) | Peer::Docker(_))
     }
 }
 
@@ -145,7 +151,7 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
                 .arg(path);
             c
         }
-        Peer::Container(_) => unreachable!("containers do not boot kernels"),
+        Peer::Container(_) | Peer::Docker(_) => unreachable!("containers do not boot kernels"),
     }
 }
 
@@ -261,8 +267,9 @@ pub fn firecracker() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-/// The systems available on this host, rvmm first.
-pub fn available() -> Vec<Peer> {
+/// The systems available on this host, rvmm first. `scratch` holds what
+/// Docker's setup writes.
+pub fn available(scratch: &Path) -> Vec<Peer> {
     let mut peers = vec![Peer::Rvmm];
     if ensure_package("qemu-system-x86", QEMU) {
         peers.push(Peer::Qemu);
@@ -277,6 +284,10 @@ pub fn available() -> Vec<Peer> {
         peers.push(Peer::Container("/usr/sbin/runc".into()));
     } else {
         eprintln!("bench setup: runc is not available; the container column is left out");
+    }
+    match Docker::set_up(scratch) {
+        Ok(docker) => peers.push(Peer::Docker(Arc::new(docker))),
+        Err(why) => eprintln!("bench setup: {why}; Docker left out"),
     }
     peers
 }

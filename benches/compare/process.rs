@@ -162,6 +162,17 @@ impl std::ops::Add for MemoryKib {
     }
 }
 
+impl MemoryKib {
+    /// What `self` has more than `before`, each figure at least 0.
+    pub fn saturating_sub(self, before: MemoryKib) -> MemoryKib {
+        MemoryKib {
+            rss: (self.rss - before.rss).max(0.0),
+            pss: (self.pss - before.pss).max(0.0),
+            uss: (self.uss - before.uss).max(0.0),
+        }
+    }
+}
+
 /// One mapping of /proc/PID/smaps.
 #[derive(Default)]
 struct Mapping {
@@ -236,7 +247,13 @@ pub fn overhead(pid: u32, guest_bytes: u64) -> Option<MemoryKib> {
 /// stays beside it for its life (as a VMM process does beside its guest).
 pub fn container_memory(runc_pid: u32) -> Option<MemoryKib> {
     let init = children(runc_pid).into_iter().next()?;
-    let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).ok()?;
+    Some(cgroup_memory(init)? + overhead(runc_pid, u64::MAX)?)
+}
+
+/// The memory charged to the cgroup that `pid` is in, in KiB (one figure:
+/// a cgroup counts every page once, so RSS, PSS and USS are all of it).
+pub fn cgroup_memory(pid: u32) -> Option<MemoryKib> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     // cgroup v1 ("N:memory:/path") or v2 ("0::/path").
     let usage = cgroups.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
@@ -252,12 +269,11 @@ pub fn container_memory(runc_pid: u32) -> Option<MemoryKib> {
             .parse::<f64>()
             .ok()
     })? / 1024.0;
-    let cgroup = MemoryKib {
+    Some(MemoryKib {
         rss: usage,
         pss: usage,
         uss: usage,
-    };
-    Some(cgroup + overhead(runc_pid, u64::MAX)?)
+    })
 }
 
 /// The child processes of `pid`.

@@ -246,6 +246,7 @@ fn cold_once(peer: &Peer, guest: &Guest, bundle: Option<&Bundle>, scratch: &Path
     };
     let cmd = match peer {
         Peer::Container(runtime) => bundle?.run_command(runtime),
+        Peer::Docker(docker) => docker.run_command(ECHO_CONTAINER, true),
         vm => vm_command(vm, &spec, scratch),
     };
     std::thread::sleep(SETTLE);

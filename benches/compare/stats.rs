@@ -7,6 +7,9 @@ use std::fmt::Write as _;
 pub struct Series {
     pub system: String,
     pub samples: Vec<f64>,
+    /// Why there are no samples, said in the cell instead (e.g. "not run
+    /// (would need 9.4 GiB)").
+    pub note: Option<String>,
 }
 
 impl Series {
@@ -14,6 +17,7 @@ impl Series {
         Self {
             system: system.to_string(),
             samples: Vec::new(),
+            note: None,
         }
     }
 
@@ -86,6 +90,10 @@ impl Table {
             "system", "min", "median", "max", "x rvmm", "n"
         );
         for s in &self.series {
+            if let (true, Some(note)) = (s.samples.is_empty(), &s.note) {
+                let _ = writeln!(out, "  {:<16} {note}", s.system);
+                continue;
+            }
             let ratio = match (s.median(), base) {
                 (Some(m), Some(b)) if b > 0.0 => format!("{:.2}", m / b),
                 _ => "-".into(),
@@ -110,8 +118,13 @@ impl Table {
             .iter()
             .map(|s| {
                 let samples: Vec<String> = s.samples.iter().map(|v| format!("{v:.4}")).collect();
+                let note = s
+                    .note
+                    .as_ref()
+                    .map(|n| format!(r#","note":{}"#, serde_json::to_string(n).unwrap()))
+                    .unwrap_or_default();
                 format!(
-                    r#"{{"system":"{}","min":{},"median":{},"max":{},"samples":[{}]}}"#,
+                    r#"{{"system":"{}","min":{},"median":{},"max":{},"samples":[{}]{note}}}"#,
                     s.system,
                     s.min().map_or("null".into(), |v| format!("{v:.4}")),
                     s.median().map_or("null".into(), |v| format!("{v:.4}")),
@@ -146,6 +159,9 @@ pub fn markdown_report(tables: &[Table], systems: &[String], host: &str, method:
                 Some(series) if !series.samples.is_empty() => {
                     format!("{} (n={})", cell(series.median()), series.samples.len())
                 }
+                Some(Series {
+                    note: Some(note), ..
+                }) => note.clone(),
                 _ => "-".into(),
             })
             .collect();
