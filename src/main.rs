@@ -181,7 +181,7 @@ fn init_logging(path: Option<&std::path::Path>, level: Option<&str>) -> Result<(
         .target(env_logger::Target::Pipe(Box::new(
             rvmm::log_target::LogWriter,
         )))
-        .format_timestamp_millis()
+        .format_timestamp_micros()
         .init();
     if !from_env {
         log::set_max_level(level.unwrap_or(log::LevelFilter::Warn));

@@ -4,7 +4,7 @@
 //! median / max, ratio to rvmm) and writes target/bench/results.json and
 //! target/bench/report.md.
 //!
-//! Sections: startup, restore, phases, memory, guest-memory, density, block, images,
+//! Sections: startup, breakdown, restore, phases, memory, guest-memory, density, block, images,
 //! linux (on PVM hosts only when named: it takes minutes there), lab (Linux
 //! to user space, its VM exits and its network on every VM peer, in the
 //! hardware-KVM lab on PVM hosts: about ten minutes). Pass names to run only
@@ -13,6 +13,7 @@
 //! RVMM_BENCH_LINUX=1 (the Linux boot on PVM hosts too),
 //! RVMM_BENCH_LAB_ROUNDS (default 3).
 
+mod breakdown;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod density;
@@ -36,15 +37,15 @@ use process::{time_run, time_run_output};
 use stats::{Series, Table};
 
 const MIB: u64 = 1 << 20;
-const WARMUP: usize = 3;
+pub const WARMUP: usize = 3;
 /// The pause before every run. A VM's teardown in the host kernel goes on
 /// after its VMM is reaped; a run started at once shares the host with it.
 /// Back to back, half of rvmm's hello-guest runs took about 24 ms to exit
 /// instead of about 9 (10 runs each way; 1 in 10 with the pause), and
 /// Firecracker shows the same two modes.
-const SETTLE: Duration = Duration::from_millis(50);
+pub const SETTLE: Duration = Duration::from_millis(50);
 
-fn iterations() -> usize {
+pub fn iterations() -> usize {
     std::env::var("RVMM_BENCH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -57,7 +58,7 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -383,8 +384,9 @@ fn main() {
 
     let mut tables: Vec<Table> = Vec::new();
     let asked_for_linux = wanted.iter().any(|w| w == "linux");
-    let sections: [(&str, &dyn Fn() -> Vec<Table>); 10] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Table>); 11] = [
         ("startup", &|| startup(&peers, &scratch)),
+        ("breakdown", &|| breakdown::breakdown(&peers, &scratch)),
         ("restore", &|| restore::restore(&peers, &scratch)),
         ("phases", &|| phases(&scratch)),
         ("memory", &|| memory(&peers, &scratch)),
@@ -437,7 +439,7 @@ fn main() {
         .filter(|name| run(name))
         .collect();
     let method = format!(
-        "Sections run: {}. In startup, restore, memory, guest-memory and block the systems ran in turn, A B A B, {WARMUP} warm-up rounds dropped, then {} rounds, each run {} ms after the previous one ended (a killed VM's teardown goes on in the host kernel). Density went up its steps of N in turn for every system (A B A B), one pass per step; images is one measurement; the Linux boot on a PVM host is one run per system; the lab's rounds are one L1 boot each (see README).",
+        "Sections run: {}. In startup, breakdown, restore, memory, guest-memory and block the systems ran in turn, A B A B, {WARMUP} warm-up rounds dropped, then {} rounds, each run {} ms after the previous one ended (a killed VM's teardown goes on in the host kernel). Density went up its steps of N in turn for every system (A B A B), one pass per step; images is one measurement; the Linux boot on a PVM host is one run per system; the lab's rounds are one L1 boot each (see README).",
         ran.join(", "),
         iterations(),
         SETTLE.as_millis()

@@ -53,6 +53,13 @@ pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// A command that boots `spec` on `peer`, with the console on stdout.
 /// `scratch` is a directory the peer may write its configuration to.
 pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
+    vm_command_timed(peer, spec, scratch, false)
+}
+
+/// As [`vm_command`]; with `boot_timer`, rvmm and Firecracker get their
+/// boot-timer device and log when the guest writes to it (Firecracker at
+/// Info level, on stdout).
+pub fn vm_command_timed(peer: &Peer, spec: &VmSpec, scratch: &Path, boot_timer: bool) -> Command {
     let mem = spec.mem_mib.to_string();
     match peer {
         Peer::Rvmm => {
@@ -73,6 +80,9 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
             }
             if let Some((tap, mac)) = spec.net {
                 c.arg("--net").arg(format!("tap={tap},mac={mac}"));
+            }
+            if boot_timer {
+                c.arg("--boot-timer");
             }
             c
         }
@@ -147,8 +157,12 @@ pub fn vm_command(peer: &Peer, spec: &VmSpec, scratch: &Path) -> Command {
             let path = scratch.join(format!("firecracker-{}.json", unique()));
             std::fs::write(&path, config).unwrap();
             let mut c = Command::new(bin);
-            c.args(["--no-api", "--level", "Error", "--config-file"])
-                .arg(path);
+            let level = if boot_timer { "Info" } else { "Error" };
+            c.args(["--no-api", "--level", level]);
+            if boot_timer {
+                c.arg("--boot-timer");
+            }
+            c.arg("--config-file").arg(path);
             c
         }
         Peer::Container(_) | Peer::Docker(_) => unreachable!("containers do not boot kernels"),

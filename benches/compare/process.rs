@@ -34,15 +34,33 @@ pub fn start_until(cmd: std::process::Command, marker: &str) -> Option<Started> 
 
 /// As [`start_until`], within `limit`.
 pub fn start_until_within(
+    cmd: std::process::Command,
+    marker: &str,
+    limit: Duration,
+) -> Option<Started> {
+    spawn_until(cmd, marker, limit, Stdio::null())
+}
+
+/// As [`start_until`], with the process's stderr going to `stderr`.
+pub fn start_until_logged(
+    cmd: std::process::Command,
+    marker: &str,
+    stderr: Stdio,
+) -> Option<Started> {
+    spawn_until(cmd, marker, RUN_LIMIT, stderr)
+}
+
+fn spawn_until(
     mut cmd: std::process::Command,
     marker: &str,
     limit: Duration,
+    stderr: Stdio,
 ) -> Option<Started> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .ok()?;
     let mut stdout = child.stdout.take().unwrap();
