@@ -7,7 +7,7 @@
 #                           benchmark, where every VMM boots it (Firecracker boots no bzImage)
 #   l1.cpio                 L1's initramfs: busybox, lab/l1-init, the KVM modules
 #   debian-initramfs.cpio   initramfs for Debian's kernel as a guest: busybox, virtio and
-#                           vsock modules, lab/vsock.c and lab/tcpbench.c (built here, static)
+#                           vsock modules, lab/vsock.c, lab/tcpbench.c and lab/blkbench.c (built here, static)
 # Installs qemu-system-x86; takes the kernel from Debian's linux-image-amd64
 # with `apt-get download` (the host's /boot is not touched). Cached by a hash
 # of the inputs in $RVMM_CACHE_DIR. Prints the cache directory.
@@ -35,7 +35,7 @@ busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 # Bump when a change to this script changes what it builds (not for messages).
 recipe=5
 gcc_version="$(dpkg-query -W -f='${Version}' gcc libc6-dev | tr '\n' ' ')"
-hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$here/initramfs/stop-signals" "$here/lab/vsock.c" "$here/lab/tcpbench.c" \
+hash="$(inputs_hash "$here/lab/l1-init" "$here/lab/debian-init" "$here/initramfs/stop-signals" "$here/lab/vsock.c" "$here/lab/tcpbench.c" "$here/lab/blkbench.c" \
     "$package=$package_version" "busybox-static=$busybox_version" "gcc=$gcc_version" "recipe=$recipe")"
 dest="$RVMM_CACHE_DIR/lab-$hash"
 cached lab "$dest" vmlinuz vmlinux l1.cpio debian-initramfs.cpio && exit 0
@@ -91,7 +91,7 @@ cp "$modules/drivers/virtio/virtio_ring.ko" "$modules/drivers/virtio/virtio.ko" 
     "$modules/drivers/net/virtio_net.ko" "$modules/net/vmw_vsock/vsock.ko" \
     "$modules/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko" \
     "$modules/net/vmw_vsock/vmw_vsock_virtio_transport.ko" "$guest/modules/"
-for tool in vsock tcpbench; do
+for tool in vsock tcpbench blkbench; do
     gcc -static -O2 -Wall -Werror -o "$guest/bin/$tool" "$here/lab/$tool.c" \
         || die "could not build lab/$tool.c (needs gcc and libc6-dev)"
 done

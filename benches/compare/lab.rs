@@ -10,7 +10,9 @@
 //! banner (user space); the VM exits until then, by kind, from the host
 //! KVM's own counters (debugfs); a ping's round trip from the guest to the
 //! host; TCP throughput each way (`guest-images/lab/tcpbench.c` in the
-//! guest, 64 KiB writes; busybox nc sends a packet per KiB); process start
+//! guest, 64 KiB writes; busybox nc sends a packet per KiB); block I/O on a
+//! virtio disk, O_DIRECT, sequential 1 MiB and random 4 KiB requests
+//! (`guest-images/lab/blkbench.c`); process start
 //! to the shell answering a command, booted, and restored from a snapshot
 //! of the same guest at its shell (rvmm, Firecracker). In the lab
 //! everything is emulated, so its times say little about hardware; the
@@ -98,6 +100,49 @@ const QUESTION: &str = "echo lab-answer-$((6*7))";
 const ANSWER: &str = "lab-answer-42";
 /// Restores of each snapshot per L1 boot.
 const RESTORES: usize = 3;
+/// Block I/O through the guest's virtio-blk driver, bypassing its page
+/// cache (`guest-images/lab/blkbench.c`): its mode, the MiB it moves, and
+/// its table.
+const BLOCK: [(&str, u64, (&str, &str, bool)); 4] = [
+    (
+        "seqread",
+        32,
+        (
+            "lab block: sequential 1 MiB reads, O_DIRECT (emulated host)",
+            "MiB/s",
+            true,
+        ),
+    ),
+    (
+        "seqwrite",
+        32,
+        (
+            "lab block: sequential 1 MiB writes, O_DIRECT (emulated host)",
+            "MiB/s",
+            true,
+        ),
+    ),
+    (
+        "randread",
+        8,
+        (
+            "lab block: random 4 KiB reads, O_DIRECT (emulated host)",
+            "MiB/s",
+            true,
+        ),
+    ),
+    (
+        "randwrite",
+        8,
+        (
+            "lab block: random 4 KiB writes, O_DIRECT (emulated host)",
+            "MiB/s",
+            true,
+        ),
+    ),
+];
+/// The guest's disk, in L1's tmpfs.
+const DISK_MIB: usize = 64;
 
 fn rounds() -> usize {
     std::env::var("RVMM_BENCH_LAB_ROUNDS")
@@ -112,6 +157,7 @@ pub fn lab_section(peers: &[Peer]) -> Vec<Table> {
         .iter()
         .chain([&TCP_IN_TABLE])
         .chain(&READY_TABLES)
+        .chain(BLOCK.iter().map(|(_, _, table)| table))
         .map(|(title, unit, higher)| Table::new(title, unit, *higher))
         .collect();
     for table in &mut tables {
@@ -396,11 +442,14 @@ fn measure(peer: &Peer, scratch: &Path, record: &mut dyn FnMut(&str, f64)) {
     let tcp_limit = Duration::from_secs(60);
     let kernel = guest_image("lab/vmlinux");
     let initrd = guest_image("lab/debian-initramfs.cpio");
+    let disk = scratch.join("lab-disk.img");
+    std::fs::write(&disk, vec![0u8; DISK_MIB << 20]).expect("write the guest's disk");
+    let disks = [disk];
     let spec = VmSpec {
         kernel: &kernel,
         mem_mib: 512,
         cmdline: CMDLINE,
-        disks: &[],
+        disks: &disks,
         initrd: Some(&initrd),
         net: Some((TAP, MAC)),
     };
@@ -442,6 +491,28 @@ fn measure(peer: &Peer, scratch: &Path, record: &mut dyn FnMut(&str, f64)) {
     vm.expect(ANSWER, limit);
     record(READY_TABLES[0].0, started.elapsed().as_secs_f64());
     vm.run("stty cols 1000", limit);
+    for (mode, mib, table) in BLOCK {
+        let (status, out) = vm.run(&format!("blkbench {mode} /dev/vda {mib}"), limit);
+        // "blkbench: seqread 33554432 bytes in 412345678 ns"
+        let words: Vec<&str> = out
+            .iter()
+            .find(|l| l.starts_with("blkbench: "))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        match (
+            words.get(2).map(|w| w.parse::<f64>()),
+            words.get(5).map(|w| w.parse::<f64>()),
+        ) {
+            (Some(Ok(bytes)), Some(Ok(ns))) => {
+                record(table.0, bytes / (1 << 20) as f64 / (ns / 1e9))
+            }
+            // The network's figures after it still count.
+            _ => eprintln!(
+                "lab bench: {}: blkbench {mode} failed ({status}): {out:?}",
+                peer.name()
+            ),
+        }
+    }
     let (status, out) = vm.run(
         &format!("ip addr add 10.0.3.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 10 {HOST_IP} >/dev/null"),
         limit,
