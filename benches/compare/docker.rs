@@ -258,11 +258,5 @@ fn processes_named(commands: &[&str]) -> Vec<u32> {
 }
 
 fn unique_name() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{NAME_PREFIX}{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("{NAME_PREFIX}{}", crate::peers::unique())
 }

@@ -169,7 +169,8 @@ pub fn vm_command_timed(peer: &Peer, spec: &VmSpec, scratch: &Path, boot_timer: 
     }
 }
 
-fn unique() -> String {
+/// A name no other run of this bench process has used.
+pub fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
