@@ -13,8 +13,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::common::{guest, Entry};
 use crate::peers::{vm_command_timed, Peer, VmSpec};
 use crate::process::start_until_logged;
-use crate::stats::{Series, Table};
-use crate::{iterations, ms, SETTLE, WARMUP};
+use crate::stats::Table;
+use crate::{interleave_partial, ms};
 
 const MARKER: &str = "booted: up";
 
@@ -29,7 +29,7 @@ struct Steps {
 
 pub fn breakdown(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     let kernel = guest("booted", Entry::Pvh);
-    let vms: Vec<&Peer> = peers.iter().filter(|p| p.is_vm()).collect();
+    let vms: Vec<Peer> = peers.iter().filter(|p| p.is_vm()).cloned().collect();
     let mut tables = [
         Table::new(
             "start-up breakdown: process start to the VM running (rvmm: first KVM_RUN; Firecracker: \"Successfully started microvm\"), by their logs",
@@ -57,35 +57,24 @@ pub fn breakdown(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             false,
         ),
     ];
-    for t in tables.iter_mut() {
-        t.series = vms.iter().map(|p| Series::new(p.name())).collect();
-    }
-    for round in 0..WARMUP + iterations() {
-        for (i, peer) in vms.iter().enumerate() {
-            std::thread::sleep(SETTLE);
+    interleave_partial(
+        &vms,
+        |peer| {
             let Some(steps) = run_once(peer, &kernel, scratch) else {
                 eprintln!("breakdown: a {} run failed; not counted", peer.name());
-                continue;
+                return None;
             };
-            if round < WARMUP {
-                continue;
-            }
-            let values = [
+            Some(vec![
                 steps.running,
                 steps.boot_timer,
                 steps.boot_timer_cpu,
                 Some(steps.first_output),
                 Some(steps.exit),
-            ];
-            for (t, v) in tables.iter_mut().zip(values) {
-                t.series[i].samples.extend(v);
-            }
-        }
-    }
+            ])
+        },
+        &mut tables,
+    );
     let mut tables = tables.to_vec();
-    for t in &mut tables {
-        t.series.retain(|s| !s.samples.is_empty());
-    }
     tables.retain(|t| !t.series.is_empty());
     tables
 }

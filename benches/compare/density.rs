@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::instance::{daemon_memory, Idle, Instance};
 use crate::peers::Peer;
-use crate::process::{mem_available_kib, rss_kib};
+use crate::process::mem_available_kib;
 use crate::stats::{Series, Table};
 use crate::{ms, SETTLE};
 
@@ -159,21 +159,9 @@ fn run_step(peer: &Peer, idle: &Idle, n: usize, scratch: &Path) -> Option<Step> 
     let all_up = instances.iter().all(Option::is_some);
     let instances: Vec<Instance> = instances.into_iter().flatten().collect();
     let used = available - mem_available_kib();
-    let resident: f64 = instances
-        .iter()
-        .map(|i| match i {
-            Instance::Process { child, .. } => rss_kib(child.id()),
-            Instance::Docker(_) => i.memory(peer).map_or(0.0, |m| m.rss),
-        })
-        .sum();
+    let resident: f64 = instances.iter().map(Instance::resident_kib).sum();
     // PSS with all n running: pages they share are divided among them.
-    let pss: f64 = instances
-        .iter()
-        .filter_map(|i| match i {
-            Instance::Process { child, .. } if peer.is_vm() => crate::process::pss_kib(child.id()),
-            _ => i.memory(peer).map(|m| m.pss),
-        })
-        .sum();
+    let pss: f64 = instances.iter().filter_map(Instance::pss_kib).sum();
     let daemon_growth = daemon_memory(peer).saturating_sub(daemon_before);
     Instance::stop_all(instances);
     if let Peer::Container(_) = peer {

@@ -4,19 +4,23 @@
 
 use std::path::Path;
 use std::process::Child;
+use std::sync::Arc;
 
 use crate::common::{guest, Entry};
+use crate::docker::Docker;
 use crate::peers::{vm_command, Bundle, Peer, VmSpec};
-use crate::process::{container_memory, overhead, start_until, stop, MemoryKib};
+use crate::process::{container_memory, overhead, pss_kib, rss_kib, start_until, stop, MemoryKib};
 
 /// The container counterpart of the halt guest: say ready, then idle.
 pub const IDLE_CONTAINER: &[&str] = &["/bin/busybox", "sh", "-c", "echo ready; sleep 600"];
 
 pub enum Instance {
-    /// A VMM process (guest RAM of this many bytes) or `runc run`.
-    Process { child: Child, guest_bytes: u64 },
+    /// A VMM process with this many bytes of guest RAM.
+    Vm { vmm: Child, guest_bytes: u64 },
+    /// `runc run` of a bundle.
+    Runc(Child),
     /// A detached Docker container, by name.
-    Docker(String),
+    Docker { name: String, docker: Arc<Docker> },
 }
 
 /// What an idle instance needs: the halt guest for VMs, a bundle for runc.
@@ -44,25 +48,20 @@ impl Idle {
             initrd: None,
             net: None,
         };
-        let cmd = match peer {
-            Peer::Docker(docker) => {
-                return docker
-                    .start_detached(IDLE_CONTAINER, "ready")
-                    .map(Instance::Docker)
-            }
-            Peer::Container(runtime) => self.bundle.as_ref()?.run_command(runtime),
-            vm => vm_command(vm, &spec, scratch),
-        };
-        let guest_bytes = if peer.is_vm() {
-            mem_mib << 20
-        } else {
-            u64::MAX
-        };
-        // The reader thread keeps the console's pipe open while it runs.
-        Some(Instance::Process {
-            child: start_until(cmd, "ready")?.child,
-            guest_bytes,
-        })
+        match peer {
+            Peer::Docker(docker) => Some(Instance::Docker {
+                name: docker.start_detached(IDLE_CONTAINER, "ready")?,
+                docker: Arc::clone(docker),
+            }),
+            // The reader thread keeps the console's pipe open while it runs.
+            Peer::Container(runtime) => Some(Instance::Runc(
+                start_until(self.bundle.as_ref()?.run_command(runtime), "ready")?.child,
+            )),
+            vm => Some(Instance::Vm {
+                vmm: start_until(vm_command(vm, &spec, scratch), "ready")?.child,
+                guest_bytes: mem_mib << 20,
+            }),
+        }
     }
 }
 
@@ -71,12 +70,28 @@ impl Instance {
     /// container's cgroup plus the process that stays beside it (`runc
     /// run`, Docker's shim). The Docker daemon's share is the caller's to
     /// add: it is one process for all containers.
-    pub fn memory(&self, peer: &Peer) -> Option<MemoryKib> {
-        match (self, peer) {
-            (Instance::Docker(name), Peer::Docker(docker)) => docker.container_memory(name),
-            (Instance::Process { child, .. }, Peer::Container(_)) => container_memory(child.id()),
-            (Instance::Process { child, guest_bytes }, _) => overhead(child.id(), *guest_bytes),
-            _ => None,
+    pub fn memory(&self) -> Option<MemoryKib> {
+        match self {
+            Instance::Vm { vmm, guest_bytes } => overhead(vmm.id(), *guest_bytes),
+            Instance::Runc(runc) => container_memory(runc.id()),
+            Instance::Docker { name, docker } => docker.container_memory(name),
+        }
+    }
+
+    /// Its PSS in KiB, a VMM's guest pages touched included.
+    pub fn pss_kib(&self) -> Option<f64> {
+        match self {
+            Instance::Vm { vmm, .. } => pss_kib(vmm.id()),
+            _ => self.memory().map(|m| m.pss),
+        }
+    }
+
+    /// The RSS of the process that runs it (`runc run`'s alone for runc),
+    /// a VMM's guest pages included, in KiB; a Docker container's memory.
+    pub fn resident_kib(&self) -> f64 {
+        match self {
+            Instance::Vm { vmm: child, .. } | Instance::Runc(child) => rss_kib(child.id()),
+            Instance::Docker { .. } => self.memory().map_or(0.0, |m| m.rss),
         }
     }
 
@@ -85,8 +100,8 @@ impl Instance {
         let mut names = Vec::new();
         for instance in instances {
             match instance {
-                Instance::Process { child, .. } => stop(child),
-                Instance::Docker(name) => names.push(name),
+                Instance::Vm { vmm: child, .. } | Instance::Runc(child) => stop(child),
+                Instance::Docker { name, .. } => names.push(name),
             }
         }
         crate::docker::remove(&names);

@@ -63,8 +63,23 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 /// Runs `f(peer)` for every peer in turn (A B A B ...), warm-up first,
-/// each run SETTLE after the previous one.
+/// each run SETTLE after the previous one; a run's figures go to `tables`
+/// in order.
 fn interleave(peers: &[Peer], mut f: impl FnMut(&Peer) -> Option<Vec<f64>>, tables: &mut [Table]) {
+    interleave_partial(
+        peers,
+        |peer| Some(f(peer)?.into_iter().map(Some).collect()),
+        tables,
+    );
+}
+
+/// As [`interleave`], for runs that show some figures and not others (a
+/// peer whose log has no such line): None leaves that table's cell empty.
+pub fn interleave_partial(
+    peers: &[Peer],
+    mut f: impl FnMut(&Peer) -> Option<Vec<Option<f64>>>,
+    tables: &mut [Table],
+) {
     for t in tables.iter_mut() {
         t.series = peers.iter().map(|p| Series::new(p.name())).collect();
     }
@@ -74,7 +89,7 @@ fn interleave(peers: &[Peer], mut f: impl FnMut(&Peer) -> Option<Vec<f64>>, tabl
             let Some(values) = f(peer) else { continue };
             if round >= WARMUP {
                 for (t, v) in tables.iter_mut().zip(values) {
-                    t.series[i].samples.push(v);
+                    t.series[i].samples.extend(v);
                 }
             }
         }
@@ -217,7 +232,7 @@ fn memory(peers: &[Peer], scratch: &Path) -> Vec<Table> {
                 let instance = idles[index].start(peer, mem_mib, scratch)?;
                 std::thread::sleep(Duration::from_millis(100));
                 let kib = instance
-                    .memory(peer)
+                    .memory()
                     .map(|m| m + instance::daemon_memory(peer).saturating_sub(daemon_before));
                 Instance::stop_all(vec![instance]);
                 let kib = kib?;
