@@ -393,7 +393,10 @@ fn main() {
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
     common::require_kvm();
     let scratch = scratch_dir();
-    let peers = peers::available(&scratch);
+    let containers_run = ["startup", "restore", "memory", "density", "images"]
+        .iter()
+        .any(|name| run(name));
+    let peers = peers::available(&scratch, containers_run);
     let mut systems: Vec<String> = peers.iter().map(|p| p.name().to_string()).collect();
     eprintln!("comparing: {}", systems.join(", "));
 

@@ -282,9 +282,10 @@ pub fn firecracker() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-/// The systems available on this host, rvmm first. `scratch` holds what
-/// Docker's setup writes.
-pub fn available(scratch: &Path) -> Vec<Peer> {
+/// The systems available on this host, rvmm first. Docker is set up (its
+/// daemon started, its image imported) only `with_docker`, when a section
+/// that runs containers will run; `scratch` holds what its setup writes.
+pub fn available(scratch: &Path, with_docker: bool) -> Vec<Peer> {
     let mut peers = vec![Peer::Rvmm];
     if ensure_package("qemu-system-x86", QEMU) {
         peers.push(Peer::Qemu);
@@ -300,9 +301,11 @@ pub fn available(scratch: &Path) -> Vec<Peer> {
     } else {
         eprintln!("bench setup: runc is not available; the container column is left out");
     }
-    match Docker::set_up(scratch) {
-        Ok(docker) => peers.push(Peer::Docker(Arc::new(docker))),
-        Err(why) => eprintln!("bench setup: {why}; Docker left out"),
+    if with_docker {
+        match Docker::set_up(scratch) {
+            Ok(docker) => peers.push(Peer::Docker(Arc::new(docker))),
+            Err(why) => eprintln!("bench setup: {why}; Docker left out"),
+        }
     }
     peers
 }
