@@ -23,6 +23,9 @@ pub enum ThreadKind {
     /// The API thread: its socket's clients, and the files a request names
     /// (checked, or written: the log and the metrics).
     Api,
+    /// The short-lived thread that turns the PIT's tick reinjection off
+    /// (`hypervisor::discard_missed_pit_ticks`): that one ioctl.
+    PitSetup,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +249,11 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Api => {
             rules.extend(API_ONLY.iter().map(|s| (*s, vec![])));
             Vec::new()
+        }
+        ThreadKind::PitSetup => {
+            // It closes its copy of the VM's descriptor when done.
+            rules.insert(libc::SYS_close, vec![]);
+            vec![ioctl_rule(crate::hypervisor::KVM_REINJECT_CONTROL())]
         }
     };
     // (An empty rule list would allow every ioctl: none is left out instead.)

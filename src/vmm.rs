@@ -446,6 +446,8 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     if let Some(state) = saved {
         crate::snapshot::kvm::restore_vm(vm, &state.vm).map_err(VmmError::Restore)?;
     }
+    // After the PIT's restored state: both take the PIT's lock.
+    let pit_setup = hypervisor::discard_missed_pit_ticks(vm, config.seccomp)?;
     // Only the API takes snapshots: a source for it, when it is there.
     let snapshots = match hooks.requests {
         Some(_) => Some(crate::snapshot::Source {
@@ -563,6 +565,8 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
             log::error!("{e}");
         }
     }
+    // It is done long before a VM stops, unless the VM stopped at once.
+    let _ = pit_setup.join();
     crate::sync::lock(&output_pump).finish();
     drop(terminal);
     phase("VM stopped");

@@ -21,8 +21,9 @@ const DISK_BYTES: usize = 64 << 10;
 /// Two hundred guests share two host CPUs, and on PVM hosts their code is
 /// emulated: a generous limit, so only a hang fails.
 const LIMIT: Duration = Duration::from_secs(900);
-/// One vCPU thread and the event loop (main).
-const RVMM_THREADS: usize = 2;
+/// One vCPU thread and the event loop (main), and while it sets up the
+/// PIT (a few milliseconds after start) the thread that does it.
+const RVMM_THREADS: usize = 3;
 
 /// The rvmm processes whose arguments name a file in `dir` (this test's
 /// own scratch directory), with their threads' names.
