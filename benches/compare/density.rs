@@ -14,6 +14,9 @@ use crate::stats::{Series, Table};
 use crate::{ms, SETTLE};
 
 const KIB_PER_GIB: f64 = 1024.0 * 1024.0;
+/// The step at which PSS per instance is also reported: the 100 idle VMs
+/// the memory target is stated for.
+const PSS_STEP: usize = 100;
 
 /// One system's way up the steps.
 struct Climb {
@@ -27,6 +30,8 @@ struct Climb {
     time: Series,
     host: Series,
     pss: Series,
+    /// PSS per instance at PSS_STEP, the reference point.
+    pss_at_step: Series,
 }
 
 /// What one step of N instances measured.
@@ -65,6 +70,7 @@ pub fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             time: Series::new(p.name()),
             host: Series::new(p.name()),
             pss: Series::new(p.name()),
+            pss_at_step: Series::new(p.name()),
         })
         .collect();
     for &n in &steps {
@@ -97,6 +103,12 @@ pub fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             };
             climb.best = n;
             climb.kib_per_instance = step.used_kib / n as f64;
+            if n == PSS_STEP && n != reference {
+                climb
+                    .pss_at_step
+                    .samples
+                    .push(step.pss_kib / n as f64 / 1024.0);
+            }
             if n == reference {
                 climb.time.samples.push(step.elapsed_ms);
                 climb.host.samples.push(step.used_kib / n as f64 / 1024.0);
@@ -124,6 +136,12 @@ pub fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         "MiB",
         false,
     );
+    let mut pss_at_step = Table::new(
+        &format!("density: PSS per instance, {PSS_STEP} running (as above)"),
+        "MiB",
+        false,
+    );
+    let pss_step_ran = steps.contains(&PSS_STEP) && PSS_STEP != reference;
     for (peer, climb) in peers.iter().zip(climbs) {
         let mut count = Series::new(peer.name());
         count.samples.push(climb.best as f64);
@@ -132,12 +150,17 @@ pub fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             (&mut time, climb.time),
             (&mut host, climb.host),
             (&mut pss, climb.pss),
+            (&mut pss_at_step, climb.pss_at_step),
         ] {
             series.note = climb.stopped.clone();
             table.series.push(series);
         }
     }
-    vec![largest, time, host, pss]
+    let mut tables = vec![largest, time, host, pss];
+    if pss_step_ran {
+        tables.push(pss_at_step);
+    }
+    tables
 }
 
 /// Starts `n` idle instances of `peer` at once, measures them with all of
