@@ -251,8 +251,10 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             Vec::new()
         }
         ThreadKind::PitSetup => {
-            // It closes its copy of the VM's descriptor when done.
+            // It closes its copy of the VM's descriptor when done (std's
+            // debug builds first check the descriptor with fcntl).
             rules.insert(libc::SYS_close, vec![]);
+            rules.insert(libc::SYS_fcntl, vec![]);
             vec![ioctl_rule(crate::hypervisor::KVM_REINJECT_CONTROL())]
         }
     };
