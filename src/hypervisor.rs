@@ -6,6 +6,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_io_nr;
@@ -105,25 +106,46 @@ pub fn create_interrupt_controllers(vm: &VmFd) -> Result<(), KvmError> {
 // (kvm-ioctls does not wrap it).
 ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
 
+/// The thread [`discard_missed_pit_ticks`] starts.
+pub struct PitSetup {
+    /// Closes (or yields) once the thread runs under its filter, or has ended.
+    filtered: mpsc::Receiver<()>,
+    thread: JoinHandle<()>,
+}
+
+impl PitSetup {
+    /// Returns once the thread runs under its seccomp filter (or has
+    /// ended): the VM must not run a guest instruction before.
+    pub fn wait_until_filtered(&self) {
+        let _ = self.filtered.recv();
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
 /// Makes the PIT drop the ticks a guest misses instead of replaying them
 /// (QEMU's `lost_tick_policy=discard`; Linux keeps time by kvm-clock and
 /// the TSC, not by counting PIT ticks), on a thread of its own that the
 /// caller joins when the VM has stopped.
 ///
 /// Why: KVM creates the PIT with reinjection on, and turning it off waits
-/// for a normal grace period of the VM's interrupt SRCU, 10-16 ms on the
+/// for a normal grace period of the VM's interrupt SRCU, 8-16 ms on the
 /// PVM hosts. KVM turns it off itself when it destroys the VM, so left
-/// alone that wait is half of every VMM's exit time (sched_switch stacks:
+/// alone that wait is most of a VMM's slow exits (sched_switch stacks:
 /// `kvm_free_pit` -> `kvm_pit_set_reinject` -> `synchronize_srcu`); done
 /// on the VMM thread it would delay the first `KVM_RUN` as much. On a
 /// thread of its own it passes while the guest runs. It runs after any
 /// `KVM_SET_PIT2`: both hold the PIT's lock.
-pub fn discard_missed_pit_ticks(vm: &VmFd, sandboxed: bool) -> Result<JoinHandle<()>, KvmError> {
+pub fn discard_missed_pit_ticks(vm: &VmFd, sandboxed: bool) -> Result<PitSetup, KvmError> {
     // SAFETY: `vm` owns this descriptor, open for the whole call.
     let vm_fd = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }
         .try_clone_to_owned()
         .map_err(KvmError::PitThread)?;
-    std::thread::Builder::new()
+    let (now_filtered, filtered) = mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
         .name("rvmm-pit".into())
         .spawn(move || {
             if sandboxed {
@@ -132,6 +154,7 @@ pub fn discard_missed_pit_ticks(vm: &VmFd, sandboxed: bool) -> Result<JoinHandle
                     return;
                 }
             }
+            let _ = now_filtered.send(());
             let control = kvm_reinject_control {
                 pit_reinject: 0,
                 ..Default::default()
@@ -148,7 +171,8 @@ pub fn discard_missed_pit_ticks(vm: &VmFd, sandboxed: bool) -> Result<JoinHandle
                 );
             }
         })
-        .map_err(KvmError::PitThread)
+        .map_err(KvmError::PitThread)?;
+    Ok(PitSetup { filtered, thread })
 }
 
 fn setup(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {

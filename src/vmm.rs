@@ -552,6 +552,8 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     if let Some(started) = hooks.on_started.take() {
         started();
     }
+    // Every thread is under its filter before the guest's first instruction.
+    pit_setup.wait_until_filtered();
     gate.open();
 
     run_event_loop(&mut events, &stop);
@@ -566,7 +568,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         }
     }
     // It is done long before a VM stops, unless the VM stopped at once.
-    let _ = pit_setup.join();
+    pit_setup.join();
     crate::sync::lock(&output_pump).finish();
     drop(terminal);
     phase("VM stopped");

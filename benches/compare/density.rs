@@ -103,7 +103,7 @@ pub fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
             };
             climb.best = n;
             climb.kib_per_instance = step.used_kib / n as f64;
-            if n == PSS_STEP && n != reference {
+            if n == PSS_STEP {
                 climb
                     .pss_at_step
                     .samples
