@@ -40,7 +40,11 @@ pub struct RawTerminal {
 impl RawTerminal {
     /// Switches stdin to raw mode if it is a terminal; does nothing otherwise.
     pub fn enter() -> Self {
-        if !std::io::stdin().is_terminal() {
+        // Not `std::io::stdin()`: that allocates an 8 KiB read buffer that
+        // lives as long as the VMM, and rvmm reads fd 0 itself.
+        // SAFETY: fd 0 stays open for the whole call (it is only examined).
+        let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
+        if !stdin.is_terminal() {
             return Self { active: false };
         }
         // SAFETY: termios is plain data; tcgetattr fills it in or fails.

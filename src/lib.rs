@@ -10,6 +10,7 @@ pub mod console;
 pub mod console_output;
 pub mod console_socket;
 pub mod disks;
+pub mod heap;
 pub mod host;
 pub mod host_memory;
 pub mod hypervisor;

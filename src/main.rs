@@ -191,6 +191,7 @@ fn init_logging(path: Option<&std::path::Path>, level: Option<&str>) -> Result<(
 
 fn main() -> ExitCode {
     rvmm::vmm::mark_process_start();
+    rvmm::heap::one_arena();
     // SAFETY: getuid/geteuid/getgid/getegid only read the process's IDs.
     let setid = unsafe { libc::getuid() != libc::geteuid() || libc::getgid() != libc::getegid() };
     if setid {

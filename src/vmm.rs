@@ -555,6 +555,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     // Every thread is under its filter before the guest's first instruction.
     pit_setup.wait_until_filtered();
     gate.open();
+    crate::heap::return_free_pages();
 
     run_event_loop(&mut events, &stop);
     // Paused vCPUs wait outside the guest: let them see the stop.
