@@ -1,15 +1,8 @@
 //! Opening /dev/kvm, checking it offers what rvmm relies on, and creating a
 //! VM and its in-kernel interrupt controllers and PIT.
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_reinject_control, KVMIO, KVM_API_VERSION, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, KVM_API_VERSION, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
-use vmm_sys_util::ioctl::ioctl_with_ref;
-use vmm_sys_util::ioctl_io_nr;
 
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 
@@ -27,8 +20,6 @@ pub enum KvmError {
     NotKvm,
     #[error("this host's KVM lacks {0}, which rvmm needs; use a newer host kernel")]
     MissingCapability(&'static str),
-    #[error("cannot start the thread that sets up the PIT: {0}; the host may be out of memory or threads")]
-    PitThread(std::io::Error),
     #[error("KVM could not {what}: {source}")]
     Setup {
         what: &'static str,
@@ -100,79 +91,6 @@ pub fn create_interrupt_controllers(vm: &VmFd) -> Result<(), KvmError> {
     };
     vm.create_pit2(pit).map_err(setup("create the PIT"))?;
     Ok(())
-}
-
-// KVM_REINJECT_CONTROL is _IO in KVM's headers although it takes a pointer
-// (kvm-ioctls does not wrap it).
-ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
-
-/// The thread [`discard_missed_pit_ticks`] starts.
-pub struct PitSetup {
-    /// Closes (or yields) once the thread runs under its filter, or has ended.
-    filtered: mpsc::Receiver<()>,
-    thread: JoinHandle<()>,
-}
-
-impl PitSetup {
-    /// Returns once the thread runs under its seccomp filter (or has
-    /// ended): the VM must not run a guest instruction before.
-    pub fn wait_until_filtered(&self) {
-        let _ = self.filtered.recv();
-    }
-
-    /// Waits for the thread to end.
-    pub fn join(self) {
-        let _ = self.thread.join();
-    }
-}
-
-/// Makes the PIT drop the ticks a guest misses instead of replaying them
-/// (QEMU's `lost_tick_policy=discard`; Linux keeps time by kvm-clock and
-/// the TSC, not by counting PIT ticks), on a thread of its own that the
-/// caller joins when the VM has stopped.
-///
-/// Why: KVM creates the PIT with reinjection on, and turning it off waits
-/// for a normal grace period of the VM's interrupt SRCU, 8-16 ms on the
-/// PVM hosts. KVM turns it off itself when it destroys the VM, so left
-/// alone that wait is most of a VMM's slow exits (sched_switch stacks:
-/// `kvm_free_pit` -> `kvm_pit_set_reinject` -> `synchronize_srcu`); done
-/// on the VMM thread it would delay the first `KVM_RUN` as much. On a
-/// thread of its own it passes while the guest runs. It runs after any
-/// `KVM_SET_PIT2`: both hold the PIT's lock.
-pub fn discard_missed_pit_ticks(vm: &VmFd, sandboxed: bool) -> Result<PitSetup, KvmError> {
-    // SAFETY: `vm` owns this descriptor, open for the whole call.
-    let vm_fd = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }
-        .try_clone_to_owned()
-        .map_err(KvmError::PitThread)?;
-    let (now_filtered, filtered) = mpsc::sync_channel(1);
-    let thread = std::thread::Builder::new()
-        .name("rvmm-pit".into())
-        .spawn(move || {
-            if sandboxed {
-                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::PitSetup) {
-                    log::warn!("{e}; the PIT's missed ticks stay replayed");
-                    return;
-                }
-            }
-            let _ = now_filtered.send(());
-            let control = kvm_reinject_control {
-                pit_reinject: 0,
-                ..Default::default()
-            };
-            // SAFETY: `vm_fd` is an open VM descriptor, and KVM reads one
-            // kvm_reinject_control from the pointer, which outlives the call.
-            let ret = unsafe { ioctl_with_ref(&vm_fd, KVM_REINJECT_CONTROL(), &control) };
-            if ret < 0 {
-                // Not fatal: the PIT keeps replaying missed ticks, and
-                // the VM's destruction pays the wait instead.
-                log::warn!(
-                    "KVM could not turn the PIT's tick reinjection off: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        })
-        .map_err(KvmError::PitThread)?;
-    Ok(PitSetup { filtered, thread })
 }
 
 fn setup(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {

@@ -18,6 +18,7 @@ pub mod layout;
 pub mod log_target;
 pub mod memory;
 pub mod net;
+pub mod pit_setup;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;

@@ -24,7 +24,8 @@ pub enum ThreadKind {
     /// (checked, or written: the log and the metrics).
     Api,
     /// The short-lived thread that turns the PIT's tick reinjection off
-    /// (`hypervisor::discard_missed_pit_ticks`): that one ioctl.
+    /// (`pit_setup::discard_missed_ticks`): that one ioctl, and
+    /// letting vCPU 0's thread run on every CPU again.
     PitSetup,
 }
 
@@ -255,7 +256,8 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             // debug builds first check the descriptor with fcntl).
             rules.insert(libc::SYS_close, vec![]);
             rules.insert(libc::SYS_fcntl, vec![]);
-            vec![ioctl_rule(crate::hypervisor::KVM_REINJECT_CONTROL())]
+            rules.insert(libc::SYS_sched_setaffinity, vec![]);
+            vec![ioctl_rule(crate::pit_setup::KVM_REINJECT_CONTROL())]
         }
     };
     // (An empty rule list would allow every ioctl: none is left out instead.)

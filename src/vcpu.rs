@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use crate::pit_setup::Vcpu0Entry;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use rvmm_devices::Bus;
 use vmm_sys_util::eventfd::EventFd;
@@ -476,11 +477,15 @@ impl Vcpu {
         gate: Arc<StartGate>,
         pause: Arc<Pause>,
         sandbox: bool,
+        mut pit_entry: Option<Vcpu0Entry>,
     ) -> std::io::Result<VcpuHandle> {
         let id = self.id;
         let thread = std::thread::Builder::new()
             .name(format!("rvmm-vcpu-{id}"))
             .spawn(move || {
+                if let Some(entry) = &mut pit_entry {
+                    entry.pin_this_thread();
+                }
                 if sandbox {
                     if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
                         stop.request(StopReason::Error(StopError::Vcpu {
@@ -491,6 +496,9 @@ impl Vcpu {
                     }
                 }
                 gate.wait();
+                if let Some(entry) = pit_entry.take() {
+                    entry.entering_guest();
+                }
                 let immediate_exit = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
                 IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
                 stop_on_panic(id, &stop, || self.run(&stop, &pause));

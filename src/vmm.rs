@@ -45,6 +45,8 @@ pub enum VmmError {
     #[error(transparent)]
     Kvm(#[from] KvmError),
     #[error(transparent)]
+    PitSetup(#[from] crate::pit_setup::PitSetupError),
+    #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -447,7 +449,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         crate::snapshot::kvm::restore_vm(vm, &state.vm).map_err(VmmError::Restore)?;
     }
     // After the PIT's restored state: both take the PIT's lock.
-    let pit_setup = hypervisor::discard_missed_pit_ticks(vm, config.seccomp)?;
+    let mut pit_setup = crate::pit_setup::discard_missed_ticks(vm, config.seccomp)?;
     // Only the API takes snapshots: a source for it, when it is there.
     let snapshots = match hooks.requests {
         Some(_) => Some(crate::snapshot::Source {
@@ -527,7 +529,18 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let id = vcpu.id;
-        match vcpu.start(stop.clone(), gate.clone(), pause.clone(), config.seccomp) {
+        let pit_entry = if id == 0 {
+            pit_setup.vcpu0_entry()
+        } else {
+            None
+        };
+        match vcpu.start(
+            stop.clone(),
+            gate.clone(),
+            pause.clone(),
+            config.seccomp,
+            pit_entry,
+        ) {
             Ok(handle) => {
                 pause.add_thread(handle.pthread());
                 handles.push(handle);

@@ -136,6 +136,56 @@ fn vcpu_threads_are_named_and_counted() {
     assert_eq!(vm.wait_exit(LIMIT).code(), Some(0));
 }
 
+/// The CPUs a thread of `pid` may run on, by the thread's name.
+fn cpus_allowed(pid: u32, thread: &str) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|t| t.ok())
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == thread))
+        .and_then(|t| proc_field(&t.path().join("status"), "Cpus_allowed_list"))
+}
+
+fn proc_field(path: &std::path::Path, field: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        Some(
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .trim()
+                .to_string(),
+        )
+    })
+}
+
+/// vCPU 0 is held on one host CPU only while KVM sets the PIT up (see
+/// src/pit_setup.rs); afterwards it may run wherever rvmm may.
+#[test]
+fn vcpu_0_runs_on_every_cpu_again_once_the_pit_is_set_up() {
+    require_kvm();
+    let kernel = guest("echo", Entry::Linux64);
+    let mut vm = Console::start(&["--kernel", kernel.to_str().unwrap()], "affinity");
+    vm.expect("echo: ready", LIMIT);
+    let pid = vm.child.id();
+    let process = proc_field(
+        std::path::Path::new(&format!("/proc/{pid}/status")),
+        "Cpus_allowed_list",
+    )
+    .expect("rvmm's CPUs");
+    // The setup takes two grace periods (up to ~30 ms on PVM hosts).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut vcpu0 = cpus_allowed(pid, "rvmm-vcpu-0");
+    while vcpu0.as_ref() != Some(&process) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        vcpu0 = cpus_allowed(pid, "rvmm-vcpu-0");
+    }
+    assert_eq!(
+        vcpu0.as_ref(),
+        Some(&process),
+        "vCPU 0's CPUs against rvmm's"
+    );
+    vm.send("\x04");
+    assert_eq!(vm.wait_exit(LIMIT).code(), Some(0));
+}
+
 /// Terminal flags that raw mode changes.
 fn local_flags(fd: i32) -> (libc::tcflag_t, libc::tcflag_t) {
     // SAFETY: termios is plain data, filled in by tcgetattr.
