@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::instance::{daemon_memory, Idle, Instance};
+use crate::ms;
 use crate::peers::Peer;
 use crate::process::mem_available_kib;
 use crate::stats::{Series, Table};
-use crate::{ms, SETTLE};
 
 const KIB_PER_GIB: f64 = 1024.0 * 1024.0;
 /// The step at which PSS per instance is also reported: the 100 idle VMs
@@ -95,7 +95,7 @@ pub fn density(peers: &[Peer], scratch: &Path) -> Vec<Table> {
                 ));
                 continue;
             }
-            std::thread::sleep(SETTLE);
+            crate::settle::settle();
             let Some(step) = run_step(peer, &climb.idle, n, scratch) else {
                 eprintln!("density: {} could not start {n} at once", peer.name());
                 climb.stopped = Some(format!("not run (could not start {n} at once)"));

@@ -25,6 +25,7 @@ mod linux;
 mod peers;
 mod process;
 mod restore;
+mod settle;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -38,12 +39,6 @@ use stats::{Series, Table};
 
 const MIB: u64 = 1 << 20;
 pub const WARMUP: usize = 3;
-/// The pause before every run. A VM's teardown in the host kernel goes on
-/// after its VMM is reaped; a run started at once shares the host with it.
-/// Back to back, half of rvmm's hello-guest runs took about 24 ms to exit
-/// instead of about 9 (10 runs each way; 1 in 10 with the pause), and
-/// Firecracker shows the same two modes.
-pub const SETTLE: Duration = Duration::from_millis(50);
 
 pub fn iterations() -> usize {
     std::env::var("RVMM_BENCH_ITERATIONS")
@@ -63,7 +58,7 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 /// Runs `f(peer)` for every peer in turn (A B A B ...), warm-up first,
-/// each run SETTLE after the previous one; a run's figures go to `tables`
+/// each run once the host has settled; a run's figures go to `tables`
 /// in order.
 fn interleave(peers: &[Peer], mut f: impl FnMut(&Peer) -> Option<Vec<f64>>, tables: &mut [Table]) {
     interleave_partial(
@@ -85,7 +80,7 @@ pub fn interleave_partial(
     }
     for round in 0..WARMUP + iterations() {
         for (i, peer) in peers.iter().enumerate() {
-            std::thread::sleep(SETTLE);
+            settle::settle();
             let Some(values) = f(peer) else { continue };
             if round >= WARMUP {
                 for (t, v) in tables.iter_mut().zip(values) {
@@ -457,10 +452,10 @@ fn main() {
         .filter(|name| run(name))
         .collect();
     let method = format!(
-        "Sections run: {}. In startup, breakdown, restore, memory, guest-memory and block the systems ran in turn, A B A B, {WARMUP} warm-up rounds dropped, then {} rounds, each run {} ms after the previous one ended (a killed VM's teardown goes on in the host kernel). Density went up its steps of N in turn for every system (A B A B), one pass per step; images is one measurement; the Linux boot on a PVM host is one run per system; the lab's rounds are one L1 boot each (see README).",
+        "Sections run: {}. In startup, breakdown, restore, memory, guest-memory and block the systems ran in turn, A B A B, {WARMUP} warm-up rounds dropped, then {} rounds, {} (a killed VM's teardown goes on in the host kernel, a Docker container's removal in its daemon). Density went up its steps of N in turn for every system (A B A B), one pass per step; images is one measurement; the Linux boot on a PVM host is one run per system; the lab's rounds are one L1 boot each (see README).",
         ran.join(", "),
         iterations(),
-        SETTLE.as_millis()
+        settle::method()
     );
     let mut report = stats::markdown_report(&comparable, &systems, &host_description(), &method);
     for verdict in restore::verdicts(&tables) {

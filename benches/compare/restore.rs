@@ -14,7 +14,7 @@
 //! (Firecracker now and then loses its guest's output, see
 //! ../shared/peers/README.md). The memory files sit in the page cache after
 //! the first restore, as they would for a host restoring many VMs. Each run
-//! starts SETTLE after the previous one ended (why: at SETTLE in main.rs).
+//! starts once the host has settled (settle.rs says why and how).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use crate::common::{guest, read_lines, Entry};
 use crate::peers::{vm_command, Bundle, Peer, VmSpec};
 use crate::process::rss_kib;
 use crate::stats::{Series, Table};
-use crate::{iterations, ms, SETTLE, WARMUP};
+use crate::{iterations, ms, WARMUP};
 
 const MEM_MIB: u64 = 128;
 const TYPED: &str = "are you there";
@@ -200,7 +200,7 @@ pub fn restore_once(
 ) -> Option<RestoreSample> {
     let socket = scratch.join(format!("{}-restore.api", peer.name()));
     let _ = std::fs::remove_file(&socket);
-    std::thread::sleep(SETTLE);
+    crate::settle::settle();
     let start = Instant::now();
     let mut vm = Running::spawn(api_command(peer, &socket)?, guest.limit)?;
     if !wait_for_socket(&socket, guest.limit, SOCKET_POLL) {
@@ -249,7 +249,7 @@ fn cold_once(peer: &Peer, guest: &Guest, bundle: Option<&Bundle>, scratch: &Path
         Peer::Docker(docker) => docker.run_command(ECHO_CONTAINER, true),
         vm => vm_command(vm, &spec, scratch),
     };
-    std::thread::sleep(SETTLE);
+    crate::settle::settle();
     let start = Instant::now();
     let mut run = Running::spawn(cmd, guest.limit)?;
     let answered =
