@@ -201,9 +201,13 @@ struct Mapping {
 }
 
 /// The memory of `pid` that is not guest RAM (Firecracker's method, for
-/// RSS, PSS and USS): every mapping's, except guest RAM's, which is the
-/// largest run of adjacent anonymous mappings at least as big as guest
-/// memory (rvmm gives the first 2 MiB of guest RAM a mapping of its own).
+/// RSS, PSS and USS): every mapping's, except guest RAM's. Guest RAM lies
+/// in the largest run of adjacent anonymous mappings at least as big as
+/// guest memory (rvmm gives the first 2 MiB of guest RAM a mapping of its
+/// own), and is the part of that run whose mappings add up to exactly the
+/// guest's size: a vCPU thread's stack or a cached thread stack may sit
+/// right beside it (both rvmm's and Firecracker's do), and is the VMM's.
+/// Where no part adds up (QEMU), the whole run counts as guest RAM.
 pub fn overhead(pid: u32, guest_bytes: u64) -> Option<MemoryKib> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
     let mut mappings: Vec<Mapping> = Vec::new();
@@ -250,7 +254,7 @@ pub fn overhead(pid: u32, guest_bytes: u64) -> Option<MemoryKib> {
         .iter()
         .filter(|r| mappings[r.0].anonymous && r.2 >= guest_bytes)
         .max_by_key(|r| r.2)
-        .map(|r| r.0..=r.1);
+        .map(|r| exactly_guest(&mappings, r.0, r.1, guest_bytes).unwrap_or(r.0..=r.1));
     Some(
         mappings
             .iter()
@@ -258,6 +262,25 @@ pub fn overhead(pid: u32, guest_bytes: u64) -> Option<MemoryKib> {
             .filter(|(i, _)| !guest.as_ref().is_some_and(|g| g.contains(i)))
             .fold(MemoryKib::default(), |sum, (_, m)| sum + m.kib),
     )
+}
+
+/// Within `first..=last`, the adjacent mappings that add up to exactly
+/// `guest_bytes` and hold the largest of them, if there are such.
+fn exactly_guest(
+    mappings: &[Mapping],
+    first: usize,
+    last: usize,
+    guest_bytes: u64,
+) -> Option<std::ops::RangeInclusive<usize>> {
+    let len = |i: usize| mappings[i].end - mappings[i].start;
+    let largest = (first..=last).max_by_key(|&i| len(i))?;
+    (first..=largest).find_map(|start| {
+        let mut sum = 0;
+        (start..=last).find_map(|end| {
+            sum += len(end);
+            (end >= largest && sum == guest_bytes).then_some(start..=end)
+        })
+    })
 }
 
 /// A runc container's memory, in KiB: its cgroup's usage (every process in
