@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::VmFd;
 use rvmm_devices::acpi_power::{AcpiPower, ACPI_POWER_PORT, ACPI_POWER_PORT_LEN};
 use rvmm_devices::boot_timer::{BootTimer, BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN};
 use rvmm_devices::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
@@ -293,16 +293,14 @@ fn create_legacy_devices(
 /// The vCPUs, each with its CPUID and set to enter the kernel at `entry`,
 /// or in the state a snapshot saved.
 fn create_vcpus(
-    kvm: &Kvm,
+    supported: hypervisor::SupportedCpuid,
     vm: &VmFd,
     config: &VmConfig,
     start: VcpuStart<'_>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
 ) -> Result<Vec<Vcpu>, VmmError> {
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_call("list the supported CPUID entries"))?;
+    let supported = supported.wait()?;
     (0..config.cpus)
         .map(|id| {
             let fd = vm
@@ -382,6 +380,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     let mem_bytes = memory::checked_mem_bytes(config.mem_mib, memory::host_phys_bits())?;
 
     let kvm = hypervisor::open_kvm()?;
+    let supported_cpuid = hypervisor::SupportedCpuid::ask(&kvm)?;
     config.check_cpus(kvm.get_max_vcpus(), usize::from(mptable::MAX_CPUS))?;
     if config.cpus > 1 && host::is_pvm_host() {
         log::warn!("--cpus {}: secondary vCPUs cannot start on a PVM-backed host; Linux will list them but stop bringing them up", config.cpus);
@@ -444,7 +443,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         attached.push(device.serve_on_input(host_fd, vsock::RX_QUEUE));
     }
     let mmio_bus = Arc::new(mmio_bus);
-    let vcpus = create_vcpus(&kvm, vm, config, start, io_bus, mmio_bus)?;
+    let vcpus = create_vcpus(supported_cpuid, vm, config, start, io_bus, mmio_bus)?;
     if let Some(state) = saved {
         crate::snapshot::kvm::restore_vm(vm, &state.vm).map_err(VmmError::Restore)?;
     }
