@@ -7,7 +7,9 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{guest, open_pty, require_kvm, rvmm_binary, Console, Entry};
+use common::{
+    guest, open_pty, proc_field, require_kvm, rvmm_binary, thread_status, Console, Entry,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -136,24 +138,11 @@ fn vcpu_threads_are_named_and_counted() {
     assert_eq!(vm.wait_exit(LIMIT).code(), Some(0));
 }
 
-/// The CPUs a thread of `pid` may run on, by the thread's name.
+/// The CPUs rvmm's thread `thread` of `pid` may run on.
 fn cpus_allowed(pid: u32, thread: &str) -> Option<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .filter_map(|t| t.ok())
-        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == thread))
-        .and_then(|t| proc_field(&t.path().join("status"), "Cpus_allowed_list"))
-}
-
-fn proc_field(path: &std::path::Path, field: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
-        Some(
-            l.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .to_string(),
-        )
-    })
+    thread_status(pid, "Cpus_allowed_list")
+        .into_iter()
+        .find_map(|(name, cpus)| (name == thread).then_some(cpus))
 }
 
 /// vCPU 0 is held on one host CPU only while KVM sets the PIT up (see
@@ -165,11 +154,8 @@ fn vcpu_0_runs_on_every_cpu_again_once_the_pit_is_set_up() {
     let mut vm = Console::start(&["--kernel", kernel.to_str().unwrap()], "affinity");
     vm.expect("echo: ready", LIMIT);
     let pid = vm.child.id();
-    let process = proc_field(
-        std::path::Path::new(&format!("/proc/{pid}/status")),
-        "Cpus_allowed_list",
-    )
-    .expect("rvmm's CPUs");
+    let process =
+        proc_field(&format!("/proc/{pid}/status"), "Cpus_allowed_list").expect("rvmm's CPUs");
     // The setup takes two grace periods (up to ~30 ms on PVM hosts).
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let mut vcpu0 = cpus_allowed(pid, "rvmm-vcpu-0");

@@ -489,13 +489,19 @@ pub fn guest_images_dir() -> PathBuf {
 }
 
 /// (thread name, Seccomp: mode) of every thread of `pid` that rvmm created.
-/// KVM adds a kernel worker (kvm-nx-lpage-recovery) to the process; it is
-/// the host kernel's, not rvmm's code, and is left out.
 pub fn thread_modes(pid: u32) -> Vec<(String, String)> {
-    let mut modes = Vec::new();
+    thread_status(pid, "Seccomp")
+}
+
+/// (thread name, value of `field` in its status) of every thread of `pid`
+/// that rvmm created, sorted. KVM adds a kernel worker
+/// (kvm-nx-lpage-recovery) to the process; it is the host kernel's, not
+/// rvmm's code, and is left out.
+pub fn thread_status(pid: u32, field: &str) -> Vec<(String, String)> {
+    let mut values = Vec::new();
     // A process that has just exited has no threads left to list.
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return modes;
+        return values;
     };
     for task in tasks.flatten() {
         let path = task.path();
@@ -507,24 +513,24 @@ pub fn thread_modes(pid: u32) -> Vec<(String, String)> {
         if name.starts_with("kvm-") {
             continue;
         }
-        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-        let mode = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp:"))
-            .map(|m| m.trim().to_string())
-            .unwrap_or_default();
-        modes.push((name, mode));
+        let value = proc_field(&path.join("status").to_string_lossy(), field).unwrap_or_default();
+        values.push((name, value));
     }
-    modes.sort();
-    modes
+    values.sort();
+    values
+}
+
+/// The value of a `Field:   value` line in a /proc file, trimmed.
+pub fn proc_field(path: &str, field: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| Some(l.strip_prefix(field)?.strip_prefix(':')?.trim().to_string()))
 }
 
 /// The value of a `Field:   123 kB` line in a /proc file, in KiB.
 pub fn proc_kib(path: &str, field: &str) -> Option<u64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+    proc_field(path, field)?
         .split_whitespace()
         .next()?
         .parse()
