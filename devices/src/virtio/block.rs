@@ -4,7 +4,8 @@
 //! lie in guest memory, its data must fit the limits the device advertises
 //! (SEG_MAX, SIZE_MAX, whole sectors) and stay within the disk. A request
 //! that fails any check gets VIRTIO_BLK_S_IOERR (or UNSUPP for unknown
-//! types); one without room for a status byte is returned unused.
+//! types); one without room for a status byte is returned unused. Data
+//! moves between the disk and the guest's buffers directly ([`guest_io`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -14,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, Permissions};
+
+mod guest_io;
+use guest_io::{GuestIoError, GuestIovecs};
 
 use super::{
     check_chain, pop_or_rearm, read_config_bytes, GuestMemoryMmap, Served, VirtioDevice,
@@ -36,7 +40,10 @@ pub const MAX_RANGE_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
 /// The GET_ID string's size.
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 
-const CHUNK: usize = 64 * 1024;
+/// The most zeros written at once where the file system cannot zero a range.
+const ZEROS_CHUNK: usize = 64 * 1024;
+/// A request's header: type, reserved, sector.
+const HEADER_BYTES: usize = 16;
 const CONFIG_SIZE: usize = 60;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +90,6 @@ pub struct Block {
     read_only: bool,
     id: [u8; ID_BYTES],
     config: [u8; CONFIG_SIZE],
-    buffer: Vec<u8>,
     /// Whether a host I/O error has been logged at warn level yet.
     host_error_reported: bool,
 }
@@ -170,7 +176,6 @@ impl Block {
             read_only,
             id: id_bytes,
             config,
-            buffer: vec![0; CHUNK],
             host_error_reported: false,
         }
     }
@@ -212,41 +217,31 @@ impl Block {
         Failure::IoError
     }
 
-    fn read_into(&mut self, sector: u64, data: &mut Writer<'_>) -> RequestResult {
-        let len = data.available_bytes() as u64;
-        let mut offset = self.range(sector, len)?;
-        let mut left = len as usize;
-        while left > 0 {
-            let n = left.min(CHUNK);
-            self.file
-                .read_exact_at(&mut self.buffer[..n], offset)
-                .map_err(|e| self.host_failure("read", &e))?;
-            data.write_all(&self.buffer[..n])
-                .map_err(io_error("copy to guest"))?;
-            offset += n as u64;
-            left -= n;
+    /// A failed transfer: a host failure is reported as such, bad guest
+    /// buffers only at debug level.
+    fn transfer_failure(&mut self, what: &'static str, e: &GuestIoError) -> Failure {
+        match e.host_error() {
+            Some(host) => self.host_failure(what, host),
+            None => {
+                log::debug!("virtio-blk: {what}: {e}");
+                Failure::IoError
+            }
         }
-        Ok(())
     }
 
-    fn write_from(&mut self, sector: u64, data: &mut Reader<'_>) -> RequestResult {
+    fn read_into(&mut self, sector: u64, data: &mut GuestIovecs<'_>, len: usize) -> RequestResult {
+        let offset = self.range(sector, len as u64)?;
+        data.read_from(&self.file, offset)
+            .map_err(|e| self.transfer_failure("read", &e))
+    }
+
+    fn write_from(&mut self, sector: u64, data: &mut GuestIovecs<'_>, len: usize) -> RequestResult {
         if self.read_only {
             return Err(Failure::IoError);
         }
-        let len = data.available_bytes() as u64;
-        let mut offset = self.range(sector, len)?;
-        let mut left = len as usize;
-        while left > 0 {
-            let n = left.min(CHUNK);
-            data.read_exact(&mut self.buffer[..n])
-                .map_err(io_error("copy from guest"))?;
-            self.file
-                .write_all_at(&self.buffer[..n], offset)
-                .map_err(|e| self.host_failure("write", &e))?;
-            offset += n as u64;
-            left -= n;
-        }
-        Ok(())
+        let offset = self.range(sector, len as u64)?;
+        data.write_to(&self.file, offset)
+            .map_err(|e| self.transfer_failure("write", &e))
     }
 
     /// DISCARD and WRITE_ZEROES: a list of {sector, sectors, flags} ranges.
@@ -299,30 +294,35 @@ impl Block {
             "virtio-blk: fallocate failed ({}); writing zeros",
             std::io::Error::last_os_error()
         );
-        self.buffer.fill(0);
+        let zeros = vec![0; ZEROS_CHUNK];
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(CHUNK as u64) as usize;
+            let n = (len - done).min(ZEROS_CHUNK as u64) as usize;
             self.file
-                .write_all_at(&self.buffer[..n], offset + done)
+                .write_all_at(&zeros[..n], offset + done)
                 .map_err(|e| self.host_failure("write zeros", &e))?;
             done += n as u64;
         }
         Ok(())
     }
 
-    /// Walks a request's descriptors in the guest's table before anything
-    /// else reads them: at most MAX_DESCRIPTORS, each within SIZE_MAX, and
-    /// none pointing to an indirect table. VIRTIO_F_INDIRECT_DESC is not
-    /// offered, and virtio-queue would otherwise follow tables of up to
-    /// 65535 entries while building the request's reader and writer.
-    /// Returns the chain's total length, or None for a refused chain.
+    /// Carries out one request whose header has been read: `data_in` is
+    /// what the driver wrote after the header, `data_out` the room it left
+    /// before the status byte, and `chain` the request's descriptors, whose
+    /// buffers reads and writes use directly. Sets `written` to the bytes
+    /// written for the guest.
     fn execute(
         &mut self,
-        header: [u8; 16],
-        data_in: &mut Reader<'_>,
-        data_out: &mut Writer<'_>,
+        header: [u8; HEADER_BYTES],
+        request: Request<'_, '_>,
+        written: &mut usize,
     ) -> RequestResult {
+        let Request {
+            data_in,
+            data_out,
+            chain,
+            mem,
+        } = request;
         let kind = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         // Data must flow the way the request type says: a read carries no
@@ -340,8 +340,27 @@ impl Block {
             return Err(Failure::IoError);
         }
         match kind {
-            VIRTIO_BLK_T_IN => self.read_into(sector, data_out),
-            VIRTIO_BLK_T_OUT => self.write_from(sector, data_in),
+            VIRTIO_BLK_T_IN => {
+                let len = data_out.available_bytes();
+                let mut data =
+                    GuestIovecs::new(mem, chain.clone().writable(), 0, len, Permissions::Write)
+                        .map_err(|e| self.transfer_failure("read", &e))?;
+                let result = self.read_into(sector, &mut data, len);
+                *written = data.transferred();
+                result
+            }
+            VIRTIO_BLK_T_OUT => {
+                let len = data_in.available_bytes();
+                let mut data = GuestIovecs::new(
+                    mem,
+                    chain.clone().readable(),
+                    HEADER_BYTES,
+                    len,
+                    Permissions::Read,
+                )
+                .map_err(|e| self.transfer_failure("write", &e))?;
+                self.write_from(sector, &mut data, len)
+            }
             VIRTIO_BLK_T_FLUSH => {
                 if self.read_only {
                     Ok(())
@@ -353,9 +372,11 @@ impl Block {
             }
             VIRTIO_BLK_T_GET_ID => {
                 let n = data_out.available_bytes().min(ID_BYTES);
-                data_out
+                let result = data_out
                     .write_all(&self.id[..n])
-                    .map_err(io_error("write ID"))
+                    .map_err(io_error("write ID"));
+                *written = data_out.bytes_written();
+                result
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => self.zero_ranges(kind, data_in),
             other => {
@@ -383,11 +404,20 @@ impl Block {
         let Ok(mut status) = writer.split_at(status_at) else {
             return 0;
         };
-        let mut header = [0u8; 16];
+        let mut header = [0u8; HEADER_BYTES];
+        let mut written = 0;
         let result = reader
             .read_exact(&mut header)
             .map_err(io_error("request header"))
-            .and_then(|()| self.execute(header, &mut reader, &mut writer));
+            .and_then(|()| {
+                let request = Request {
+                    data_in: &mut reader,
+                    data_out: &mut writer,
+                    chain: &chain,
+                    mem,
+                };
+                self.execute(header, request, &mut written)
+            });
         let code = match result {
             Ok(()) => VIRTIO_BLK_S_OK,
             Err(Failure::IoError) => VIRTIO_BLK_S_IOERR,
@@ -396,8 +426,16 @@ impl Block {
         if status.write_all(&[code as u8]).is_err() {
             return 0;
         }
-        (writer.bytes_written() + 1) as u32
+        (written + 1) as u32
     }
+}
+
+/// One request's buffers past its header.
+struct Request<'r, 'm> {
+    data_in: &'r mut Reader<'m>,
+    data_out: &'r mut Writer<'m>,
+    chain: &'r DescriptorChain<&'m GuestMemoryMmap>,
+    mem: &'m GuestMemoryMmap,
 }
 
 impl VirtioDevice for Block {

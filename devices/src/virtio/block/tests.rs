@@ -56,10 +56,15 @@ impl Driver {
     }
 
     fn with_queue_size(read_only: bool, size: u16) -> Self {
+        Self::with_memory(read_only, size, &[(GuestAddress(0), MEM_SIZE)])
+    }
+
+    /// A driver whose guest memory is made of `regions` (separate mappings).
+    fn with_memory(read_only: bool, size: u16, regions: &[(GuestAddress, usize)]) -> Self {
         let disk = TempFile::new().unwrap();
         disk.as_file().write_all(&disk_bytes()).unwrap();
         let block = Block::open(disk.as_path(), read_only, "rvmm-test-disk").unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(regions).unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let t = MmioTransport::new(Box::new(block), mem.clone(), irq.try_clone().unwrap()).unwrap();
         let mut d = Driver {
@@ -251,6 +256,106 @@ fn writes_sectors_and_flushes() {
     let mut expected = disk_bytes();
     expected[10 * 512..10 * 512 + 2048].copy_from_slice(&pattern);
     assert_eq!(d.file(), expected);
+}
+
+/// Guest memory in two mappings that meet at `SPLIT`, so a buffer can
+/// straddle them.
+const SPLIT: u64 = MEM_SIZE as u64 / 2;
+
+fn split_memory_driver() -> Driver {
+    let half = MEM_SIZE / 2;
+    Driver::with_memory(
+        false,
+        QSIZE,
+        &[(GuestAddress(0), half), (GuestAddress(SPLIT), half)],
+    )
+}
+
+#[test]
+fn reads_fill_scattered_buffers_across_memory_regions_and_before_the_status() {
+    let mut d = split_memory_driver();
+    let header = BUFFERS;
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+    h[8..16].copy_from_slice(&5u64.to_le_bytes());
+    d.mem.write_slice(&h, GuestAddress(header)).unwrap();
+    // 2048 bytes in three buffers: one across the two mappings, a small
+    // one, and one whose last byte, after the data, is the status.
+    let pieces = [
+        (SPLIT - 512, 1000usize),
+        (BUFFERS + 0x4000, 24),
+        (BUFFERS + 0x8000, 1024),
+    ];
+    let status_at = BUFFERS + 0x8000 + 1024;
+    for &(addr, len) in &pieces {
+        d.mem
+            .write_slice(&vec![0xee; len], GuestAddress(addr))
+            .unwrap();
+    }
+    d.mem.write_obj(0xffu8, GuestAddress(status_at)).unwrap();
+    d.write_desc(0, header, 16, F_NEXT, 1);
+    d.write_desc(1, pieces[0].0, 1000, F_WRITE | F_NEXT, 2);
+    d.write_desc(2, pieces[1].0, 24, F_WRITE | F_NEXT, 3);
+    d.write_desc(3, pieces[2].0, 1025, F_WRITE, 0);
+    d.kick(0);
+    assert_eq!(d.used(), vec![(0, 2049)]);
+    let status: u8 = d.mem.read_obj(GuestAddress(status_at)).unwrap();
+    assert_eq!(status, OK);
+    let mut got = vec![];
+    for &(addr, len) in &pieces {
+        let mut piece = vec![0u8; len];
+        d.mem.read_slice(&mut piece, GuestAddress(addr)).unwrap();
+        got.extend(piece);
+    }
+    assert_eq!(got, disk_bytes()[5 * 512..9 * 512]);
+}
+
+#[test]
+fn writes_take_data_after_the_header_in_its_buffer_and_across_memory_regions() {
+    let mut d = split_memory_driver();
+    let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 13 % 256) as u8).collect();
+    // The header and the first 100 bytes of data share one buffer.
+    let first = BUFFERS;
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+    h[8..16].copy_from_slice(&7u64.to_le_bytes());
+    d.mem.write_slice(&h, GuestAddress(first)).unwrap();
+    d.mem
+        .write_slice(&pattern[..100], GuestAddress(first + 16))
+        .unwrap();
+    let across = SPLIT - 200;
+    d.mem
+        .write_slice(&pattern[100..512], GuestAddress(across))
+        .unwrap();
+    let last = BUFFERS + 0x4000;
+    d.mem
+        .write_slice(&pattern[512..], GuestAddress(last))
+        .unwrap();
+    let status_at = BUFFERS + 0x8000;
+    d.write_desc(0, first, 116, F_NEXT, 1);
+    d.write_desc(1, across, 412, F_NEXT, 2);
+    d.write_desc(2, last, 512, F_NEXT, 3);
+    d.write_desc(3, status_at, 1, F_WRITE, 0);
+    d.kick(0);
+    assert_eq!(d.used(), vec![(0, 1)]);
+    let status: u8 = d.mem.read_obj(GuestAddress(status_at)).unwrap();
+    assert_eq!(status, OK);
+    let mut expected = disk_bytes();
+    expected[7 * 512..9 * 512].copy_from_slice(&pattern);
+    assert_eq!(d.file(), expected);
+}
+
+#[test]
+fn a_disk_that_shrank_under_the_vm_fails_reads_past_its_new_end() {
+    let mut d = Driver::new(false);
+    d.disk.as_file().set_len(8 * 512).unwrap();
+    // Sectors 6-9: the first two are still there, the rest are gone.
+    let (status, data, used_len) = d.request(VIRTIO_BLK_T_IN, 6, Data::FromDevice(2048));
+    assert_eq!(status, IOERR);
+    assert_eq!(data[..1024], disk_bytes()[6 * 512..8 * 512]);
+    assert_eq!(used_len, 1025, "only what was read counts as written");
+    let (status, data, _) = d.request(VIRTIO_BLK_T_IN, 0, Data::FromDevice(512));
+    assert_eq!((status, data), (OK, disk_bytes()[..512].to_vec()));
 }
 
 #[test]
