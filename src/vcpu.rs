@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use crate::pit_setup::Vcpu0Entry;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use rvmm_devices::machine::MachineSignal;
 use rvmm_devices::Bus;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -91,6 +92,7 @@ impl StopReason {
 
 /// Shared between the vCPU threads and the VMM's event loop: who stopped the
 /// VM and why, and an eventfd that wakes the event loop when it happens.
+#[derive(Debug)]
 pub struct VmStop {
     reason: Mutex<Option<StopReason>>,
     stopping: AtomicBool,
@@ -127,6 +129,32 @@ impl VmStop {
 
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
+    }
+}
+
+/// The guest's own power-off or reset, raised by its device (ACPI, i8042)
+/// on the vCPU thread that wrote the register. The stop is recorded there
+/// and then, so that vCPU stops before it would enter the guest again, as
+/// a machine that powers off runs no further instruction; the event loop
+/// is woken to stop the others.
+#[derive(Debug)]
+pub struct GuestStop {
+    stop: Arc<VmStop>,
+    reason: StopReason,
+}
+
+impl GuestStop {
+    pub fn new(stop: &Arc<VmStop>, reason: StopReason) -> Box<Self> {
+        Box::new(Self {
+            stop: stop.clone(),
+            reason,
+        })
+    }
+}
+
+impl MachineSignal for GuestStop {
+    fn raise(&self) {
+        self.stop.request(self.reason.clone());
     }
 }
 

@@ -52,13 +52,12 @@ pub struct VmRequests {
     pub receiver: mpsc::Receiver<VmRequest>,
 }
 
-/// Turns the VMM's own wake-ups (guest reset or power-off, host signal,
-/// vCPU stop) into a stop request. SIGTERM first asks the guest to shut down
+/// Turns the VMM's own wake-ups (host signal, stop timer) into a stop
+/// request, and wakes the event loop for a stop a vCPU or a device (the
+/// guest's power-off or reset) recorded. SIGTERM first asks the guest to shut down
 /// (Ctrl-Alt-Del) and stops it hard only when `stop_timeout` passes, a
 /// second signal comes, or no keyboard driver in the guest could hear it.
 pub struct VmControl {
-    reset_evt: EventFd,
-    power_off_evt: EventFd,
     signals: StopSignals,
     stop: Arc<VmStop>,
     i8042: Arc<Mutex<I8042>>,
@@ -72,11 +71,8 @@ pub struct VmControl {
 }
 
 impl VmControl {
-    /// `reset_evt` and `power_off_evt` are the devices' (i8042, ACPI);
     /// `i8042` is where Ctrl-Alt-Del is pressed on SIGTERM.
     pub fn new(
-        reset_evt: EventFd,
-        power_off_evt: EventFd,
         signals: StopSignals,
         stop: Arc<VmStop>,
         i8042: Arc<Mutex<I8042>>,
@@ -85,8 +81,6 @@ impl VmControl {
         let stop_timer =
             TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         Ok(Self {
-            reset_evt,
-            power_off_evt,
             signals,
             stop,
             i8042,
@@ -189,8 +183,6 @@ impl VmControl {
 impl MutEventSubscriber for VmControl {
     fn init(&mut self, ops: &mut EventOps) {
         for fd in [
-            self.reset_evt.as_raw_fd(),
-            self.power_off_evt.as_raw_fd(),
             self.signals.evt.as_raw_fd(),
             self.stop.eventfd().as_raw_fd(),
             self.stop_timer.as_raw_fd(),
@@ -206,13 +198,7 @@ impl MutEventSubscriber for VmControl {
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.reset_evt.as_raw_fd() {
-            let _ = self.reset_evt.read();
-            self.stop.request(StopReason::Reset);
-        } else if fd == self.power_off_evt.as_raw_fd() {
-            let _ = self.power_off_evt.read();
-            self.stop.request(StopReason::Shutdown);
-        } else if fd == self.signals.evt.as_raw_fd() {
+        if fd == self.signals.evt.as_raw_fd() {
             let _ = self.signals.evt.read();
             let signal = signals::last_signal().unwrap_or(libc::SIGTERM);
             self.on_signal(signal);

@@ -28,7 +28,9 @@ use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::net::{self, NetError};
 use crate::seccomp;
 use crate::signals::StopSignals;
-use crate::vcpu::{self, Pause, StartGate, StopError, StopReason, Vcpu, VcpuHandle, VmStop};
+use crate::vcpu::{
+    self, GuestStop, Pause, StartGate, StopError, StopReason, Vcpu, VcpuHandle, VmStop,
+};
 use crate::virtio_devices::{self, AttachError};
 use crate::vm::{Vm, VmError};
 use crate::vm_control::{VmControl, VmRequests};
@@ -233,15 +235,15 @@ struct LegacyDevices {
     serial: Arc<Mutex<SerialConsole>>,
     serial_input_space: EventFd,
     i8042: Arc<Mutex<I8042>>,
-    reset_evt: EventFd,
-    power_off_evt: EventFd,
 }
 
 /// The legacy devices, in the state a snapshot saved (`restore`) or fresh.
+/// The guest's power-off and reset requests stop the VM through `stop`.
 fn create_legacy_devices(
     vm: &VmFd,
     output: OutputSink,
     restore: Option<&crate::snapshot::SnapshotState>,
+    stop: &Arc<VmStop>,
 ) -> Result<LegacyDevices, VmmError> {
     let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(setup("create an eventfd"));
     let serial_irq = new_evt()?;
@@ -259,18 +261,18 @@ fn create_legacy_devices(
         None => SerialConsole::new(serial_irq, input_space, Box::new(output)),
     };
     let serial = Arc::new(Mutex::new(serial));
-    let clone = |evt: &EventFd| evt.try_clone().map_err(setup("clone an eventfd"));
-    let reset_evt = new_evt()?;
-    let power_off_evt = new_evt()?;
     let kbd_irq = new_evt()?;
     vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)
         .map_err(kvm_call("route the keyboard interrupt"))?;
-    let mut i8042 = I8042::new(clone(&reset_evt)?, kbd_irq);
+    let mut i8042 = I8042::new(GuestStop::new(stop, StopReason::Reset), kbd_irq);
     if let Some(state) = restore {
         i8042.restore(&state.i8042);
     }
     let i8042 = Arc::new(Mutex::new(i8042));
-    let acpi_power = AcpiPower::new(clone(&power_off_evt)?, clone(&reset_evt)?);
+    let acpi_power = AcpiPower::new(
+        GuestStop::new(stop, StopReason::Shutdown),
+        GuestStop::new(stop, StopReason::Reset),
+    );
 
     let mut io_bus = Bus::new();
     io_bus.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
@@ -285,8 +287,6 @@ fn create_legacy_devices(
         serial,
         serial_input_space,
         i8042,
-        reset_evt,
-        power_off_evt,
     })
 }
 
@@ -411,7 +411,8 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     };
 
     let output_pump = Arc::new(Mutex::new(output_pump));
-    let devices = create_legacy_devices(vm, output, saved)?;
+    let stop = Arc::new(VmStop::new().map_err(setup("create an eventfd"))?);
+    let devices = create_legacy_devices(vm, output, saved, &stop)?;
     let io_bus = Arc::new(devices.io_bus);
     let mut mmio_bus = Bus::new();
     let first_run = Arc::new(OnceLock::new());
@@ -482,7 +483,6 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         None => None,
     };
 
-    let stop = Arc::new(VmStop::new().map_err(setup("create an eventfd"))?);
     let signals = StopSignals::install().map_err(setup("install signal handlers"))?;
     vcpu::install_kick_handler().map_err(setup("install the vCPU kick handler"))?;
     let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -510,16 +510,9 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     if restore.as_ref().is_some_and(|r| !r.resume) {
         pause.start_paused();
     }
-    let control = VmControl::new(
-        devices.reset_evt,
-        devices.power_off_evt,
-        signals,
-        stop.clone(),
-        devices.i8042,
-        config.stop_timeout,
-    )
-    .map_err(setup("create the stop timer"))?
-    .serving(hooks.requests.take(), pause.clone(), vcpus.len(), snapshots);
+    let control = VmControl::new(signals, stop.clone(), devices.i8042, config.stop_timeout)
+        .map_err(setup("create the stop timer"))?
+        .serving(hooks.requests.take(), pause.clone(), vcpus.len(), snapshots);
     events.add_subscriber(Arc::new(Mutex::new(control)));
 
     phase("first KVM_RUN");

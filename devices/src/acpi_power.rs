@@ -3,9 +3,8 @@
 //! SLP_TYP=S5 with SLP_EN), sleep status, and the reset register (`reboot=a`).
 //! Three byte-wide I/O ports; no SCI, no wake events.
 
-use vmm_sys_util::eventfd::EventFd;
-
 use crate::bus::BusDevice;
+use crate::machine::MachineSignal;
 
 /// First of the three ports (Cloud Hypervisor puts its sleep registers here
 /// too; nothing on a PC claims it).
@@ -30,25 +29,20 @@ const WAKE_STATUS: u8 = 1 << 7;
 
 #[derive(Debug)]
 pub struct AcpiPower {
-    power_off_evt: EventFd,
-    reset_evt: EventFd,
+    power_off: Box<dyn MachineSignal>,
+    reset: Box<dyn MachineSignal>,
 }
 
 impl AcpiPower {
-    /// `power_off_evt` is signalled when the guest enters S5, `reset_evt`
-    /// when it writes the reset value.
-    pub fn new(power_off_evt: EventFd, reset_evt: EventFd) -> Self {
-        Self {
-            power_off_evt,
-            reset_evt,
-        }
+    /// `power_off` is raised when the guest enters S5, `reset` when it
+    /// writes the reset value.
+    pub fn new(power_off: Box<dyn MachineSignal>, reset: Box<dyn MachineSignal>) -> Self {
+        Self { power_off, reset }
     }
 
-    fn signal(evt: &EventFd, what: &str) {
+    fn signal(signal: &dyn MachineSignal, what: &str) {
         log::info!("guest requested {what} through ACPI");
-        if let Err(e) = evt.write(1) {
-            log::error!("ACPI: could not signal {what}: {e}");
-        }
+        signal.raise();
     }
 }
 
@@ -67,12 +61,12 @@ impl BusDevice for AcpiPower {
             (SLEEP_CONTROL_OFFSET, [value]) if value & SLEEP_ENABLE != 0 => {
                 let sleep_type = (value & SLEEP_TYPE_MASK) >> SLEEP_TYPE_SHIFT;
                 if sleep_type == S5_SLEEP_TYPE {
-                    Self::signal(&self.power_off_evt, "power-off");
+                    Self::signal(self.power_off.as_ref(), "power-off");
                 } else {
                     log::debug!("ACPI: sleep type {sleep_type} is not offered; ignored");
                 }
             }
-            (RESET_OFFSET, [RESET_VALUE]) => Self::signal(&self.reset_evt, "a reset"),
+            (RESET_OFFSET, [RESET_VALUE]) => Self::signal(self.reset.as_ref(), "a reset"),
             _ => log::debug!("ACPI: ignored write {data:x?} at offset {offset}"),
         }
     }
@@ -81,11 +75,15 @@ impl BusDevice for AcpiPower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_sys_util::eventfd::EventFd;
 
     fn device() -> (AcpiPower, EventFd, EventFd) {
         let off = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let reset = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let dev = AcpiPower::new(off.try_clone().unwrap(), reset.try_clone().unwrap());
+        let dev = AcpiPower::new(
+            Box::new(off.try_clone().unwrap()),
+            Box::new(reset.try_clone().unwrap()),
+        );
         (dev, off, reset)
     }
 

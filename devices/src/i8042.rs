@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::machine::MachineSignal;
 
 /// Ports 0x60 (data) to 0x64 (command/status).
 pub const I8042_PORT: u64 = 0x60;
@@ -70,7 +71,7 @@ pub struct I8042State {
 
 #[derive(Debug)]
 pub struct I8042 {
-    reset_evt: EventFd,
+    reset: Box<dyn MachineSignal>,
     kbd_irq: EventFd,
     ctr: u8,
     output: Option<u8>,
@@ -83,11 +84,11 @@ pub struct I8042 {
 }
 
 impl I8042 {
-    /// `reset_evt` is signalled when the guest asks for a CPU reset;
-    /// `kbd_irq` raises the keyboard interrupt.
-    pub fn new(reset_evt: EventFd, kbd_irq: EventFd) -> Self {
+    /// `reset` is raised when the guest asks for a CPU reset; `kbd_irq`
+    /// raises the keyboard interrupt.
+    pub fn new(reset: Box<dyn MachineSignal>, kbd_irq: EventFd) -> Self {
         Self {
-            reset_evt,
+            reset,
             kbd_irq,
             ctr: DEFAULT_CTR,
             output: None,
@@ -184,9 +185,7 @@ impl I8042 {
             CMD_KBD_TEST => self.output = Some(KBD_TEST_OK),
             CMD_RESET_CPU => {
                 log::info!("guest requested a reset through the i8042");
-                if let Err(e) = self.reset_evt.write(1) {
-                    log::error!("i8042: could not signal the reset: {e}");
-                }
+                self.reset.raise();
             }
             other => log::debug!("i8042: ignored command {other:#x}"),
         }
@@ -244,7 +243,7 @@ mod tests {
     fn controller_with_irq() -> (I8042, EventFd, EventFd) {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let dev = I8042::new(evt.try_clone().unwrap(), irq.try_clone().unwrap());
+        let dev = I8042::new(Box::new(evt.try_clone().unwrap()), irq.try_clone().unwrap());
         (dev, evt, irq)
     }
 
