@@ -29,12 +29,12 @@ mod settle;
 mod stats;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{guest, pseudo_random_bytes, Entry};
 use instance::{Idle, Instance};
 use peers::{vm_command, Bundle, Peer, VmSpec};
-use process::{time_run, time_run_output};
+use process::{start_until, time_run};
 use stats::{Series, Table};
 
 const MIB: u64 = 1 << 20;
@@ -281,32 +281,34 @@ fn block(peers: &[Peer], scratch: &Path) -> Vec<Table> {
         interleave(
             &vms,
             |peer| {
-                let bytes = if mode.starts_with("seq") {
+                let bytes: u64 = if mode.starts_with("seq") {
                     64 * MIB
                 } else {
                     4096 * 4096
                 };
-                // Counted only when the guest moved every byte it was asked to.
-                let run = |m: &str, expected: u64| {
-                    let cmdline = format!("console=ttyS0 blkbench.{m}");
-                    let spec = VmSpec {
-                        kernel: &kernel,
-                        mem_mib: 128,
-                        cmdline: &cmdline,
-                        disks: &disks,
-                        initrd: None,
-                        net: None,
-                    };
-                    let (_, total, out) =
-                        time_run_output(vm_command(peer, &spec, scratch), "blk: done")?;
-                    out.contains(&format!("blkbench: moved {expected:#018x}"))
-                        .then_some(total)
+                // Timed within one run, from the guest's line before its
+                // first request to its line after the last, so the VM's start
+                // and exit (and their noise) stay out of the figure.
+                let cmdline = format!("console=ttyS0 blkbench.{mode}");
+                let spec = VmSpec {
+                    kernel: &kernel,
+                    mem_mib: 128,
+                    cmdline: &cmdline,
+                    disks: &disks,
+                    initrd: None,
+                    net: None,
                 };
-                let idle = run("none", 0)?;
-                let busy = run(mode, bytes)?;
-                Some(vec![
-                    bytes as f64 / MIB as f64 / ((busy - idle).max(0.1) / 1000.0),
-                ])
+                let mut vm = start_until(vm_command(peer, &spec, scratch), "blkbench: start")?;
+                let began = Instant::now();
+                let moved = vm.read_until("blkbench: moved");
+                let took = began.elapsed();
+                // Counted only when the guest moved every byte it was asked
+                // to and the VMM exited.
+                let exited = vm.finish();
+                let all = String::from_utf8_lossy(&vm.seen)
+                    .contains(&format!("blkbench: moved {bytes:#018x}"));
+                (moved && exited && all)
+                    .then(|| vec![bytes as f64 / MIB as f64 / took.as_secs_f64().max(1e-4)])
             },
             &mut table,
         );

@@ -75,13 +75,15 @@ static void put_name(int index) {
 }
 
 /* Bench mode ("blkbench.seqread" etc. on the command line): I/O only, no
- * checks, so the host can time the transfer. Returns bytes moved. */
+ * checks, between two lines the host times. Returns bytes moved. */
 static u64 bench(u64 base, u64 capacity, const char *cmdline) {
     int seq = contains(cmdline, "blkbench.seq");
     int writes = contains(cmdline, "write");
     u32 len = seq ? CHUNK : 4096;
     u64 moved = 0, x = 88172645463325252UL;
     u64 requests = contains(cmdline, "blkbench.none") ? 0 : seq ? capacity * 512 / CHUNK : 4096;
+    /* The host times the transfer from this line to the result line. */
+    put_str("blkbench: start\n");
     for (u64 r = 0; r < requests; r++) {
         u64 sector;
         if (seq) {
