@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use rvmm_devices::boot_timer::{BOOT_TIMER_ADDRESS, BOOT_TIMER_LEN};
-use rvmm_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+use rvmm_devices::virtio::mmio::{MmioTransport, MmioWindow, MMIO_WINDOW_SIZE};
 use rvmm_devices::virtio::VirtioDevice;
 use rvmm_devices::{Bus, BusError};
 use vmm_sys_util::epoll::EventSet;
@@ -108,7 +108,10 @@ pub fn attach(
         queue_evts.push(evt.try_clone().map_err(setup("clone an eventfd"))?);
     }
     let transport = Arc::new(Mutex::new(transport));
-    mmio_bus.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
+    // The guest's side: the event loop locks only the transport to serve
+    // a queue, and the vCPUs take their interrupts without waiting for it.
+    let window = MmioWindow::new(transport.clone());
+    mmio_bus.insert(Arc::new(Mutex::new(window)), base, MMIO_WINDOW_SIZE)?;
     Ok(AttachedDevice {
         transport,
         queue_evts,

@@ -5,9 +5,12 @@
 //! Queue notifications arrive as eventfds (the VMM registers an ioeventfd at
 //! QueueNotify; a notify write that reaches the bus signals the same eventfd),
 //! and the device's work runs where those are handled: the VMM's event loop,
-//! not the vCPU thread.
+//! not the vCPU thread. The guest reaches the registers through an
+//! [`MmioWindow`], which answers the interrupt registers without waiting
+//! for the transport while its device is at work.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -67,7 +70,8 @@ pub struct MmioTransport {
     queue_misconfigured: Vec<bool>,
     queue_evts: Vec<EventFd>,
     irq: EventFd,
-    interrupt_status: AtomicU32,
+    /// Shared with the [`MmioWindow`], which serves its two registers.
+    interrupt_status: Arc<AtomicU32>,
     status: u32,
     device_features_select: u32,
     driver_features_select: u32,
@@ -102,7 +106,7 @@ impl MmioTransport {
             queues,
             queue_evts,
             irq,
-            interrupt_status: AtomicU32::new(0),
+            interrupt_status: Arc::new(AtomicU32::new(0)),
             status: 0,
             device_features_select: 0,
             driver_features_select: 0,
@@ -499,9 +503,126 @@ impl BusDevice for MmioTransport {
     }
 }
 
+/// What the guest sees of one transport on the MMIO bus. The transport is
+/// locked while its device serves a queue (a disk read, a flush), and a
+/// driver reads InterruptStatus and writes InterruptAck after each request:
+/// those two go to the shared status word at once, so a vCPU does not wait
+/// out the device's I/O to take its interrupt. Every other register is the
+/// transport's.
+pub struct MmioWindow {
+    transport: Arc<Mutex<MmioTransport>>,
+    interrupt_status: Arc<AtomicU32>,
+}
+
+impl MmioWindow {
+    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> Self {
+        let interrupt_status = lock(&transport).interrupt_status.clone();
+        Self {
+            transport,
+            interrupt_status,
+        }
+    }
+}
+
+/// The transport, even if a thread panicked holding it: its registers stay
+/// consistent (each write is applied whole), and the VM is stopping then.
+fn lock(transport: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    transport
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl BusDevice for MmioWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset == u64::from(VIRTIO_MMIO_INTERRUPT_STATUS) && data.len() == 4 {
+            let status = self.interrupt_status.load(Ordering::SeqCst);
+            data.copy_from_slice(&status.to_le_bytes());
+        } else {
+            lock(&self.transport).read(offset, data);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match <[u8; 4]>::try_from(data) {
+            Ok(bytes) if offset == u64::from(VIRTIO_MMIO_INTERRUPT_ACK) => {
+                let ack = u32::from_le_bytes(bytes);
+                self.interrupt_status.fetch_and(!ack, Ordering::SeqCst);
+            }
+            _ => lock(&self.transport).write(offset, data),
+        }
+    }
+}
+
 /// Driver status values, in the order a driver sets them.
 pub const STATUS_ACKNOWLEDGE: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
 pub const STATUS_DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
 pub const STATUS_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
 pub const STATUS_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
 pub const STATUS_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    struct Idle;
+
+    impl VirtioDevice for Idle {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8]
+        }
+        fn features(&self) -> u64 {
+            super::super::VIRTIO_F_VERSION_1
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn process_queue(
+            &mut self,
+            _index: usize,
+            _queue: &mut Queue,
+            _mem: &GuestMemoryMmap,
+        ) -> super::super::Served {
+            super::super::Served::default()
+        }
+    }
+
+    #[test]
+    fn the_window_takes_interrupts_while_the_device_is_busy() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let transport = MmioTransport::new(Box::new(Idle), mem, irq).unwrap();
+        transport.signal(VIRTIO_MMIO_INT_VRING);
+        let transport = Arc::new(Mutex::new(transport));
+        let mut window = MmioWindow::new(transport.clone());
+        // The event loop holds the transport, as while a disk request runs.
+        let busy = lock(&transport);
+        let (done, took) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut pending = [0u8; 4];
+            window.read(u64::from(VIRTIO_MMIO_INTERRUPT_STATUS), &mut pending);
+            window.write(u64::from(VIRTIO_MMIO_INTERRUPT_ACK), &pending);
+            let mut after_ack = [0u8; 4];
+            window.read(u64::from(VIRTIO_MMIO_INTERRUPT_STATUS), &mut after_ack);
+            let _ = done.send((u32::from_le_bytes(pending), u32::from_le_bytes(after_ack)));
+        });
+        let seen = took.recv_timeout(Duration::from_secs(5));
+        drop(busy);
+        assert_eq!(
+            seen,
+            Ok((VIRTIO_MMIO_INT_VRING, 0)),
+            "the interrupt registers must not wait for the transport"
+        );
+        let mut magic = [0u8; 4];
+        MmioWindow::new(transport).read(0, &mut magic);
+        assert_eq!(
+            u32::from_le_bytes(magic),
+            MAGIC,
+            "other registers are the transport's"
+        );
+    }
+}
