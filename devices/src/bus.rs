@@ -101,7 +101,7 @@ impl Bus {
 
 /// Locks a device, carrying on past a poisoned lock: a device model that
 /// panicked once must not take every later guest access down with it.
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -321,8 +321,8 @@ impl Block {
             data_in,
             data_out,
             chain,
-            mem,
         } = request;
+        let mem = chain.memory();
         let kind = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         // Data must flow the way the request type says: a read carries no
@@ -414,7 +414,6 @@ impl Block {
                     data_in: &mut reader,
                     data_out: &mut writer,
                     chain: &chain,
-                    mem,
                 };
                 self.execute(header, request, &mut written)
             });
@@ -435,7 +434,6 @@ struct Request<'r, 'm> {
     data_in: &'r mut Reader<'m>,
     data_out: &'r mut Writer<'m>,
     chain: &'r DescriptorChain<&'m GuestMemoryMmap>,
-    mem: &'m GuestMemoryMmap,
 }
 
 impl VirtioDevice for Block {

@@ -22,7 +22,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{GuestMemoryMmap, VirtioDevice};
-use crate::bus::BusDevice;
+use crate::bus::{lock, BusDevice};
 
 /// Size of one device's MMIO window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -522,14 +522,6 @@ impl MmioWindow {
             interrupt_status,
         }
     }
-}
-
-/// The transport, even if a thread panicked holding it: its registers stay
-/// consistent (each write is applied whole), and the VM is stopping then.
-fn lock(transport: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
-    transport
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl BusDevice for MmioWindow {
