@@ -7,7 +7,6 @@
 fn main() {
     let order = "src/link/hot-text.txt";
     println!("cargo:rerun-if-changed={order}");
-    println!("cargo:rerun-if-changed=build.rs");
     // Compact relative relocations (DT_RELR, glibc 2.36 and LLD): the
     // start-up self-relocation of the static PIE reads 1 KiB, not 70.
     println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");

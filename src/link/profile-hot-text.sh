@@ -104,7 +104,5 @@ PY
 # Run at full speed, the main thread often waits on a channel that
 # single-stepped runs find already filled (the race goes the other way), and
 # std then makes the main thread's handle. Named here, not traced.
-for racy in '3std6thread7current12init_current'; do
-    nm "$bin" | awk -v pattern="$racy" '$3 ~ pattern { print $3 }' >>src/link/hot-text.txt
-done
+nm "$bin" | awk '$3 ~ /3std6thread7current12init_current/ { print $3 }' >>src/link/hot-text.txt
 echo "src/link/hot-text.txt: $(wc -l <src/link/hot-text.txt) functions" >&2

@@ -135,9 +135,9 @@ int main(int argc, char **argv) {
                     fprintf(out, "%lx\n", off);
                 }
                 steps++;
-            } else if (sig != SIGTRAP && !(sig == SIGSTOP && event)) {
-                if (sig != SIGSTOP)
-                    deliver = sig;
+            } else if (sig != SIGTRAP && sig != SIGSTOP) {
+                // A new thread's first stop is a SIGSTOP: not the program's.
+                deliver = sig;
             }
             ptrace(seen ? PTRACE_SINGLESTEP : PTRACE_CONT, tid, 0, deliver);
         }
