@@ -86,10 +86,12 @@ impl Pinned {
         // SAFETY: sets the affinity of a thread of this process from a
         // cpu_set_t that lives for the call.
         if unsafe { libc::sched_setaffinity(self.tid, size, &self.allowed) } != 0 {
-            log::warn!(
-                "vCPU 0 stays on one host CPU: {}",
-                std::io::Error::last_os_error()
-            );
+            let err = std::io::Error::last_os_error();
+            // ESRCH: the thread has ended already (a guest that stopped at
+            // once); nothing stays pinned.
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                log::warn!("vCPU 0 stays on one host CPU: {err}");
+            }
         }
     }
 }
