@@ -353,9 +353,17 @@ impl Pause {
     /// On a vCPU thread between two runs: waits while the VM is paused and
     /// not stopping, reading the state of vCPU `id` (`fd`) when asked.
     fn park_while_paused(&self, stop: &VmStop, id: u8, fd: &VcpuFd) {
-        if !self.is_paused() {
-            return;
+        if self.is_paused() {
+            self.park(stop, id, fd);
         }
+    }
+
+    /// Out of line: a vCPU's state is several KiB, and inlined into the
+    /// vCPU loop it would make every vCPU thread's stack that much deeper
+    /// (and resident) for the VM's life, paused or not.
+    #[cold]
+    #[inline(never)]
+    fn park(&self, stop: &VmStop, id: u8, fd: &VcpuFd) {
         let mut parked = crate::sync::lock(&self.parked);
         parked.count += 1;
         self.changed.notify_all();
