@@ -506,13 +506,14 @@ impl Vcpu {
     }
 
     /// Starts the vCPU on a thread named `rvmm-vcpu-N`. The thread installs
-    /// its seccomp filter (when `sandbox`), then waits for `gate` to open.
+    /// the seccomp filter `sandbox` names (if any), then waits for `gate`
+    /// to open.
     pub fn start(
         mut self,
         stop: Arc<VmStop>,
         gate: Arc<StartGate>,
         pause: Arc<Pause>,
-        sandbox: bool,
+        sandbox: Option<crate::seccomp::ThreadKind>,
         mut pit_entry: Option<Vcpu0Entry>,
     ) -> std::io::Result<VcpuHandle> {
         let id = self.id;
@@ -522,8 +523,8 @@ impl Vcpu {
                 if let Some(entry) = &mut pit_entry {
                     entry.pin_this_thread();
                 }
-                if sandbox {
-                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+                if let Some(kind) = sandbox {
+                    if let Err(e) = crate::seccomp::apply(kind) {
                         stop.request(StopReason::Error(StopError::Vcpu {
                             vcpu: id,
                             cause: VcpuError::Seccomp(e.to_string()),

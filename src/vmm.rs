@@ -451,6 +451,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     // After the PIT's restored state: both take the PIT's lock.
     let mut pit_setup = crate::pit_setup::discard_missed_ticks(vm, config.seccomp)?;
     // Only the API takes snapshots: a source for it, when it is there.
+    let snapshots_possible = hooks.requests.is_some();
     let snapshots = match hooks.requests {
         Some(_) => Some(crate::snapshot::Source {
             vm: crate::snapshot::second_handle(&kvm, vm).map_err(VmmError::Restore)?,
@@ -518,6 +519,17 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     phase("first KVM_RUN");
     let _ = first_run.set(Instant::now());
     let gate = Arc::new(StartGate::default());
+    // Each thread's filter lets it make only what this VM's devices need.
+    let serves = seccomp::Serves {
+        disks: !config.disks.is_empty(),
+        network: !config.nets.is_empty(),
+        vsock: config.vsock.is_some(),
+        serial_socket: matches!(config.serial, SerialConfig::Socket(_)),
+        snapshots: snapshots_possible,
+    };
+    let vcpu_filter = config.seccomp.then_some(seccomp::ThreadKind::Vcpu {
+        snapshots: serves.snapshots,
+    });
     let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let id = vcpu.id;
@@ -530,7 +542,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
             stop.clone(),
             gate.clone(),
             pause.clone(),
-            config.seccomp,
+            vcpu_filter,
             pit_entry,
         ) {
             Ok(handle) => {
@@ -548,7 +560,7 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     }
 
     if config.seccomp {
-        if let Err(e) = seccomp::apply(seccomp::ThreadKind::Vmm) {
+        if let Err(e) = seccomp::apply(seccomp::ThreadKind::Vmm(serves)) {
             stop.request(StopReason::Error(StopError::Sandbox(e.to_string())));
         }
     } else {

@@ -62,7 +62,17 @@ enum Call {
     Pwrite,
     /// ioctl(TCGETS) on stdin: terminal settings, the event loop's alone.
     TerminalIoctl,
+    /// ioctl(KVM_GET_SREGS) (on /dev/null: only the request number is
+    /// filtered): what a vCPU reads of itself for a snapshot.
+    VcpuStateIoctl,
 }
+
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_SREGS,
+    kvm_bindings::KVMIO,
+    0x83,
+    kvm_bindings::kvm_sregs
+);
 
 /// Runs in a child process (see below): installs the filter for `kind`,
 /// makes `call`, and exits 0 if it was allowed.
@@ -83,6 +93,10 @@ fn call_in_child(kind: rvmm::seccomp::ThreadKind, call: Call) -> ! {
             Call::TerminalIoctl => {
                 let mut t: libc::termios = std::mem::zeroed();
                 libc::ioctl(0, libc::TCGETS, &mut t);
+            }
+            Call::VcpuStateIoctl => {
+                let mut sregs = kvm_bindings::kvm_sregs::default();
+                libc::ioctl(fd, KVM_GET_SREGS(), &mut sregs);
             }
         }
     }
@@ -109,14 +123,27 @@ fn child_status(kind: rvmm::seccomp::ThreadKind, call: Call) -> std::process::Ex
 
 #[test]
 fn each_thread_kind_is_killed_for_what_it_may_not_do() {
+    use rvmm::seccomp::Serves;
     use rvmm::seccomp::ThreadKind::{Api, PitSetup, Vcpu, Vmm};
+    // The event loop of a VM with every kind of device and the API, and of
+    // one with its console alone; a vCPU thread of each.
+    let (full, bare) = (Vmm(Serves::ALL), Vmm(Serves::default()));
+    let (vcpu, bare_vcpu) = (Vcpu { snapshots: true }, Vcpu { snapshots: false });
     let cases = [
-        (Vmm, Call::Socket, false),
-        (Vmm, Call::UnixSocket, true),
-        (Vcpu, Call::UnixSocket, false),
-        (Vmm, Call::Pwrite, true),
-        (Vcpu, Call::Pwrite, false),
-        (Vcpu, Call::TerminalIoctl, false),
+        (full, Call::Socket, false),
+        (full, Call::UnixSocket, true),
+        (full, Call::Pwrite, true),
+        (full, Call::TerminalIoctl, true),
+        // Without a vsock device no Unix socket, without disks no disk I/O.
+        (bare, Call::UnixSocket, false),
+        (bare, Call::Pwrite, false),
+        (bare, Call::TerminalIoctl, true),
+        (vcpu, Call::UnixSocket, false),
+        (vcpu, Call::Pwrite, false),
+        (vcpu, Call::TerminalIoctl, false),
+        // A vCPU reads its own state only where the API may take snapshots.
+        (vcpu, Call::VcpuStateIoctl, true),
+        (bare_vcpu, Call::VcpuStateIoctl, false),
         // The API thread serves its clients, opens the files it is named
         // and writes snapshots; it makes no socket and no ioctl.
         (Api, Call::UnixSocket, false),
@@ -166,7 +193,7 @@ fn a_panic_on_a_filtered_vcpu_thread_is_not_killed_by_the_terminal_hook() {
         let terminal = rvmm::console::RawTerminal::enter();
         assert!(terminal.is_active());
         let vcpu = std::thread::spawn(|| {
-            rvmm::seccomp::apply(rvmm::seccomp::ThreadKind::Vcpu).unwrap();
+            rvmm::seccomp::apply(rvmm::seccomp::ThreadKind::Vcpu { snapshots: true }).unwrap();
             panic!("a bug on a vCPU thread");
         });
         assert!(vcpu.join().is_err());
