@@ -1107,3 +1107,30 @@ fn user_space_debian_kernel_reads_its_virtio_disk() {
         );
     });
 }
+
+/// The harness's reading of a shell's output (`Console::run`) must not
+/// trip over the guest kernel logging in the middle of a line, as the lab's
+/// guests do when their clock watchdog fires (seen splitting the echo of a
+/// command, which then counted as its output).
+#[test]
+fn kernel_log_lines_are_taken_out_of_the_shells_lines() {
+    let seen: Vec<String> = [
+        "echo rvmm-restored-$((6*7)); echo rvmm-done-$[    6.938043] clocksource: timekeeping watchdog on CPU0: Marking clocksource 'tsc' as unstable because the skew is too large:",
+        "[    6.938050] clocksource:                       'kvm-clock' wd_nsec: 512000000",
+        "((1))-$?",
+        "rvmm-resto[    7.1] a second message",
+        "red-42",
+        "[    7.2] a line of its own",
+        "an [8] in output is not a kernel log",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(
+        common::without_kernel_logs(&seen),
+        [
+            "echo rvmm-restored-$((6*7)); echo rvmm-done-$((1))-$?",
+            "rvmm-restored-42",
+            "an [8] in output is not a kernel log",
+        ]
+    );
+}

@@ -338,14 +338,11 @@ impl Console {
             .nth(1)
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or_else(|| panic!("no exit status in {end:?}"));
-        let lines = &self.seen[first..self.seen.len() - 1];
+        // The guest kernel may log to the same console meanwhile, even in
+        // the middle of the shell's echo or of a line of output.
+        let lines = without_kernel_logs(&self.seen[first..self.seen.len() - 1]);
         let echo = lines.iter().rposition(|l| l.contains(&typed));
-        // The guest kernel may log to the same console meanwhile.
-        let output = lines[echo.map_or(0, |i| i + 1)..]
-            .iter()
-            .filter(|l| !is_kernel_log_line(l))
-            .cloned()
-            .collect();
+        let output = lines[echo.map_or(0, |i| i + 1)..].to_vec();
         (status, output)
     }
 
@@ -460,12 +457,36 @@ pub fn read_lines(output: impl Read + Send + 'static) -> mpsc::Receiver<String> 
 }
 
 /// A Linux printk line on the console: "[    4.910481] ...".
+/// `lines` without the guest kernel's log lines, and with a line the
+/// kernel's log broke in two ("echo do[    6.93] clocksource: ...", its
+/// own lines, then "ne") put back together.
+pub fn without_kernel_logs(lines: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut broken: Option<String> = None;
+    for line in lines {
+        if is_kernel_log_line(line) {
+            continue;
+        }
+        let line = broken.take().unwrap_or_default() + line;
+        match (1..line.len())
+            .filter(|&i| line.is_char_boundary(i))
+            .find(|&i| is_kernel_log_line(&line[i..]))
+        {
+            Some(at) => broken = Some(line[..at].to_string()),
+            None => kept.push(line),
+        }
+    }
+    kept.extend(broken);
+    kept
+}
+
 fn is_kernel_log_line(line: &str) -> bool {
     line.strip_prefix('[')
         .and_then(|rest| rest.split_once("] "))
         .is_some_and(|(stamp, _)| {
             let stamp = stamp.trim_start();
-            !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
+            // printk's stamp is seconds.microseconds: "[12] x" is not one.
+            stamp.contains('.') && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
         })
 }
 
