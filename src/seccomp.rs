@@ -214,8 +214,7 @@ const DISKS: &[i64] = &[
 
 /// The event loop's, with a vsock device: connecting to PATH_PORT for a
 /// guest (socket() itself is allowed for Unix sockets only, below),
-/// writing a stream (std sends with MSG_NOSIGNAL), half-closing one; and
-/// taking host connections as a serial socket takes its clients.
+/// writing a stream (std sends with MSG_NOSIGNAL), half-closing one.
 const VSOCK: &[i64] = &[libc::SYS_connect, libc::SYS_sendto, libc::SYS_shutdown];
 
 /// The event loop's, with a vsock device or a serial socket: taking

@@ -451,7 +451,6 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     // After the PIT's restored state: both take the PIT's lock.
     let mut pit_setup = crate::pit_setup::discard_missed_ticks(vm, config.seccomp)?;
     // Only the API takes snapshots: a source for it, when it is there.
-    let snapshots_possible = hooks.requests.is_some();
     let snapshots = match hooks.requests {
         Some(_) => Some(crate::snapshot::Source {
             vm: crate::snapshot::second_handle(&kvm, vm).map_err(VmmError::Restore)?,
@@ -484,6 +483,14 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
         None => None,
     };
 
+    // Each thread's filter lets it make only what this VM's devices need.
+    let serves = seccomp::Serves {
+        disks: !config.disks.is_empty(),
+        network: !config.nets.is_empty(),
+        vsock: config.vsock.is_some(),
+        serial_socket: matches!(config.serial, SerialConfig::Socket(_)),
+        snapshots: snapshots.is_some(),
+    };
     let signals = StopSignals::install().map_err(setup("install signal handlers"))?;
     vcpu::install_kick_handler().map_err(setup("install the vCPU kick handler"))?;
     let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -519,14 +526,6 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     phase("first KVM_RUN");
     let _ = first_run.set(Instant::now());
     let gate = Arc::new(StartGate::default());
-    // Each thread's filter lets it make only what this VM's devices need.
-    let serves = seccomp::Serves {
-        disks: !config.disks.is_empty(),
-        network: !config.nets.is_empty(),
-        vsock: config.vsock.is_some(),
-        serial_socket: matches!(config.serial, SerialConfig::Socket(_)),
-        snapshots: snapshots_possible,
-    };
     let vcpu_filter = config.seccomp.then_some(seccomp::ThreadKind::Vcpu {
         snapshots: serves.snapshots,
     });

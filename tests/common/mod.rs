@@ -456,7 +456,6 @@ pub fn read_lines(output: impl Read + Send + 'static) -> mpsc::Receiver<String> 
     lines
 }
 
-/// A Linux printk line on the console: "[    4.910481] ...".
 /// `lines` without the guest kernel's log lines, and with a line the
 /// kernel's log broke in two ("echo do[    6.93] clocksource: ...", its
 /// own lines, then "ne") put back together.
@@ -480,6 +479,7 @@ pub fn without_kernel_logs(lines: &[String]) -> Vec<String> {
     kept
 }
 
+/// A Linux printk line on the console: "[    4.910481] ...".
 fn is_kernel_log_line(line: &str) -> bool {
     line.strip_prefix('[')
         .and_then(|rest| rest.split_once("] "))
