@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI runs, on a fresh machine too: formatting and lints, the guest
 # images (installing what they need), a short fuzz run, then every cargo
-# test (the Linux ones in the hardware-KVM lab where /dev/kvm is PVM-backed).
+# test (the Linux ones in the hardware-KVM lab where /dev/kvm is PVM-backed),
+# then a check of the release binary's text layout (tests/text-layout.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -16,4 +17,6 @@ step "fuzzing, 30 s a target"
 tests/fuzz.sh 30
 step "cargo test"
 cargo test --workspace
+step "release text layout"
+tests/text-layout.sh
 step "done"
