@@ -15,12 +15,8 @@ work=target/text-layout
 mkdir -p "$work"
 cargo build --release --bin rvmm
 bin=target/x86_64-unknown-linux-gnu/release/rvmm
-# The idle guest the memory bench runs, built as tests/common/mod.rs does.
-cc -ffreestanding -fno-pic -no-pie -nostdlib -static -mno-red-zone \
-    -mgeneral-regs-only -O2 -Wall -Werror -Wl,--build-id=none \
-    -Wl,-z,max-page-size=4096 -Wl,-z,noexecstack -Wl,--no-warn-rwx-segments \
-    -Wl,-T,tests/guests/guest.ld -DPVH -Wl,-e,pvh_start \
-    -o "$work/halt" tests/guests/halt.S
+# The idle guest the memory bench runs.
+tests/guests/build-asm-guest.sh halt "$work/halt"
 
 # KiB of rvmm's own text that an idle VM has mapped (smaps Rss).
 mapped_text_kib() {

@@ -28,13 +28,8 @@ unset RUSTFLAGS CARGO_TARGET_DIR
 bin="$work/rvmm"
 gcc -O2 -Wall -o "$work/steptrace" src/link/steptrace.c
 
-# The same flags as tests/common/mod.rs builds its guests with.
 for guest in halt hello; do
-    cc -ffreestanding -fno-pic -no-pie -nostdlib -static -mno-red-zone \
-        -mgeneral-regs-only -O2 -Wall -Werror -Wl,--build-id=none \
-        -Wl,-z,max-page-size=4096 -Wl,-z,noexecstack -Wl,--no-warn-rwx-segments \
-        -Wl,-T,tests/guests/guest.ld -DPVH -Wl,-e,pvh_start \
-        -o "$work/$guest" "tests/guests/$guest.S"
+    tests/guests/build-asm-guest.sh "$guest" "$work/$guest"
 done
 truncate -s 16M "$work/disk.img"
 
