@@ -19,6 +19,7 @@ pub mod log_target;
 pub mod memory;
 pub mod net;
 pub mod pit_setup;
+pub mod running_vm;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;

@@ -198,59 +198,67 @@ fn main() -> ExitCode {
         eprintln!("rvmm: error: rvmm refuses to run set-user-ID or set-group-ID; run it as the user who owns the VM");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
-    if let Err(e) = init_logging(cli.log_path.as_deref(), cli.log_level.as_deref()) {
-        eprintln!("rvmm: error: {e}");
-        return ExitCode::FAILURE;
-    }
-    let serial = match cli.serial.parse() {
-        Ok(serial) => serial,
+    match launch_from_args() {
+        Ok(Launch::Run(config)) => stopped(rvmm::run(&config)),
+        Ok(Launch::Api {
+            socket,
+            config_file,
+            base,
+        }) => serve_api(&socket, config_file.as_deref(), base),
         Err(e) => {
             eprintln!("rvmm: error: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let disks = match cli
+    }
+}
+
+/// What the command line asks for.
+enum Launch {
+    /// One VM, from the flags and any `--config-file`.
+    Run(VmConfig),
+    /// An API server on `socket` that builds the VMs it is sent.
+    Api {
+        socket: std::path::PathBuf,
+        config_file: Option<std::path::PathBuf>,
+        base: VmConfig,
+    },
+}
+
+/// Parses the command line (and logging set up from it). Never inlined:
+/// its frame, kilobytes for clap's parse, has ended before the VM runs,
+/// so the main thread's stack stays small while it serves the VM.
+#[inline(never)]
+fn launch_from_args() -> Result<Launch, String> {
+    let cli = Cli::parse();
+    init_logging(cli.log_path.as_deref(), cli.log_level.as_deref()).map_err(|e| e.to_string())?;
+    let serial = cli.serial.parse().map_err(|e| format!("{e}"))?;
+    let disks = cli
         .disks
         .iter()
         .map(|d| d.parse())
         .collect::<Result<Vec<DiskConfig>, _>>()
-    {
-        Ok(disks) => disks,
-        Err(e) => {
-            eprintln!("rvmm: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(|e| e.to_string())?;
     let stop_timeout = match std::time::Duration::try_from_secs_f64(cli.stop_timeout) {
         Ok(timeout) if timeout <= std::time::Duration::from_secs(3600) => timeout,
         _ => {
-            eprintln!(
-                "rvmm: error: --stop-timeout {} is not a number of seconds from 0 to 3600",
+            return Err(format!(
+                "--stop-timeout {} is not a number of seconds from 0 to 3600",
                 cli.stop_timeout
-            );
-            return ExitCode::FAILURE;
+            ))
         }
     };
-    let nets = match cli
+    let nets = cli
         .nets
         .iter()
         .map(|n| n.parse())
         .collect::<Result<Vec<rvmm::config::NetConfig>, _>>()
-    {
-        Ok(nets) => nets,
-        Err(e) => {
-            eprintln!("rvmm: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let vsock = match cli.vsock.as_deref().map(str::parse).transpose() {
-        Ok(vsock) => vsock,
-        Err(e) => {
-            eprintln!("rvmm: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(|e| e.to_string())?;
+    let vsock = cli
+        .vsock
+        .as_deref()
+        .map(str::parse::<rvmm::config::VsockConfig>)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let config = VmConfig {
         kernel: cli.kernel.unwrap_or_default(),
         initrd: cli.initrd,
@@ -267,20 +275,17 @@ fn main() -> ExitCode {
         nets,
         vsock,
     };
-    if let Some(socket) = &cli.api_sock {
-        return serve_api(socket, cli.config_file.as_deref(), config);
+    if let Some(socket) = cli.api_sock {
+        return Ok(Launch::Api {
+            socket,
+            config_file: cli.config_file,
+            base: config,
+        });
     }
-    let config = match &cli.config_file {
-        Some(file) => match config_from_file(file, &config) {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("rvmm: error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => config,
-    };
-    stopped(rvmm::run(&config))
+    match &cli.config_file {
+        Some(file) => config_from_file(file, &config).map(Launch::Run),
+        None => Ok(Launch::Run(config)),
+    }
 }
 
 /// The exit status for how the VM ended, saying why when it is an error.
@@ -314,7 +319,9 @@ fn config_from_file(file: &std::path::Path, base: &VmConfig) -> Result<VmConfig,
 }
 
 /// `--api-sock`: the API thread gathers the VM's configuration; this thread
-/// builds and runs each VM it is given, until one has run.
+/// builds and runs each VM it is given, until one has run. Not inlined,
+/// for the reason [`launch_from_args`] is not.
+#[inline(never)]
 fn serve_api(
     socket: &std::path::Path,
     config_file: Option<&std::path::Path>,

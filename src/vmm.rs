@@ -26,6 +26,7 @@ use crate::host;
 use crate::hypervisor::{self, KvmError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::net::{self, NetError};
+use crate::running_vm::RunningVm;
 use crate::seccomp;
 use crate::signals::StopSignals;
 use crate::vcpu::{
@@ -129,7 +130,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Logs (at debug level) when each build step is done, counted from process
 /// start, in wall and CPU time.
-fn phase(what: &str) {
+pub(crate) fn phase(what: &str) {
     log::debug!(
         "phase: {what} at {:.2} ms wall, {:.2} ms CPU",
         ms(since_process_start()),
@@ -343,7 +344,16 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
 }
 
 /// As [`run`], with `hooks`.
-pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, VmmError> {
+pub fn run_with(config: &VmConfig, hooks: RunHooks) -> Result<StopReason, VmmError> {
+    let running = build(config, hooks)?;
+    Ok(running.serve())
+}
+
+/// Builds the VM and starts its vCPUs. Never inlined into [`run_with`]:
+/// its frame, kilobytes of setup's locals, has ended before the event loop
+/// runs, so the stack pages it used can go back to the kernel.
+#[inline(never)]
+fn build(config: &VmConfig, mut hooks: RunHooks) -> Result<RunningVm, VmmError> {
     phase("configuration read");
     let restore = hooks.restore.take();
     if restore.is_none() {
@@ -571,41 +581,14 @@ pub fn run_with(config: &VmConfig, mut hooks: RunHooks) -> Result<StopReason, Vm
     // Every thread is under its filter before the guest's first instruction.
     pit_setup.wait_until_filtered();
     gate.open();
-    crate::heap::return_free_pages();
-
-    run_event_loop(&mut events, &stop);
-    // Paused vCPUs wait outside the guest: let them see the stop.
-    pause.resume();
-    for handle in &handles {
-        handle.kick();
-    }
-    for handle in handles {
-        if let Err(e) = handle.join() {
-            log::error!("{e}");
-        }
-    }
-    // It is done long before a VM stops, unless the VM stopped at once.
-    pit_setup.join();
-    crate::sync::lock(&output_pump).finish();
-    drop(terminal);
-    phase("VM stopped");
-    Ok(stop.reason().unwrap_or(StopReason::Shutdown))
-}
-
-/// Serves events until the VM stops. A failure of the loop, or a panic in
-/// a device while it serves an event, stops the VM in order (vCPUs kicked
-/// and joined, terminal restored) instead of leaving vCPU threads running.
-fn run_event_loop<T: MutEventSubscriber + ?Sized>(
-    events: &mut EventManager<Arc<Mutex<T>>>,
-    stop: &VmStop,
-) {
-    while !stop.is_stopping() {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| events.run())) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => stop.request(StopReason::Error(StopError::EventLoop(e.to_string()))),
-            Err(panic) => stop.request(StopReason::Error(StopError::EventLoopPanicked(
-                vcpu::panic_message(panic.as_ref()),
-            ))),
-        }
-    }
+    Ok(RunningVm {
+        events,
+        stop,
+        pause,
+        vcpus: handles,
+        pit_setup,
+        output_pump,
+        terminal,
+        vm: built,
+    })
 }
