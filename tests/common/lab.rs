@@ -274,14 +274,8 @@ pub fn run(job: &str, extra: &[Extra], limit: Duration, which: &str) -> Result<L
     qemu.args([
         "-accel",
         "tcg,thread=multi",
-        // Without XSAVE. With it, L1's KVM never learns of an L2 XSETBV
-        // (its CPUID leaf 0xD keeps sizing the XSAVE area for x87 and SSE
-        // only: TCG's nested SVM seems to let XSETBV through without the
-        // exit), so every Debian L2 boot warned "XSAVE consistency
-        // problem: size 832 != kernel_size 576" and now and then one
-        // triple-faulted there (4 of 4 boots warned; 0 of 2 without).
         "-cpu",
-        "EPYC,+svm,+npt,-xsave",
+        "EPYC,+svm,+npt",
         "-smp",
         "2",
     ])
