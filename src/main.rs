@@ -231,7 +231,10 @@ enum Launch {
 fn launch_from_args() -> Result<Launch, String> {
     let cli = Cli::parse();
     init_logging(cli.log_path.as_deref(), cli.log_level.as_deref()).map_err(|e| e.to_string())?;
-    let serial = cli.serial.parse().map_err(|e| format!("{e}"))?;
+    let serial = cli
+        .serial
+        .parse::<rvmm::config::SerialConfig>()
+        .map_err(|e| e.to_string())?;
     let disks = cli
         .disks
         .iter()

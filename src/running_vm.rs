@@ -14,22 +14,22 @@ use crate::vmm::phase;
 
 /// What a built VM keeps while it runs; fields drop in this order after
 /// the vCPUs have been joined, the VM and its memory last.
-pub struct RunningVm {
-    pub events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    pub stop: Arc<VmStop>,
-    pub pause: Arc<Pause>,
-    pub vcpus: Vec<VcpuHandle>,
-    pub pit_setup: PitSetup,
-    pub output_pump: Arc<Mutex<OutputPump>>,
-    pub terminal: Option<RawTerminal>,
+pub(crate) struct RunningVm {
+    pub(crate) events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    pub(crate) stop: Arc<VmStop>,
+    pub(crate) pause: Arc<Pause>,
+    pub(crate) vcpus: Vec<VcpuHandle>,
+    pub(crate) pit_setup: PitSetup,
+    pub(crate) output_pump: Arc<Mutex<OutputPump>>,
+    pub(crate) terminal: Option<RawTerminal>,
     /// Held, not read: the vCPUs run on its descriptor and memory.
-    pub vm: Vm,
+    pub(crate) _vm: Vm,
 }
 
 impl RunningVm {
     /// Serves the guest's devices until the VM stops, then stops it in
     /// order and says why it stopped.
-    pub fn serve(mut self) -> StopReason {
+    pub(crate) fn serve(mut self) -> StopReason {
         // The setup's pages, on the heap and on this thread's stack below
         // the loop's frames, would stay resident for the VM's whole life.
         crate::heap::return_free_pages();

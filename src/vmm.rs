@@ -589,6 +589,6 @@ fn build(config: &VmConfig, mut hooks: RunHooks) -> Result<RunningVm, VmmError> 
         pit_setup,
         output_pump,
         terminal,
-        vm: built,
+        _vm: built,
     })
 }
