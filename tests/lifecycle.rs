@@ -238,8 +238,11 @@ fn a_stalled_stdout_neither_blocks_the_guest_nor_the_stop() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let unread_stdout = child.stdout.take();
-    std::thread::sleep(Duration::from_secs(3));
+    let unread_stdout = child.stdout.take().unwrap();
+    // Stop only once the pipe is full, however slowly a loaded host lets
+    // the guest print, and output waits in rvmm behind it.
+    wait_until_full(&unread_stdout, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(200));
     let sent = std::time::Instant::now();
     send_signal(child.id(), libc::SIGTERM);
     let deadline = sent + Duration::from_secs(5);
@@ -266,6 +269,28 @@ fn a_stalled_stdout_neither_blocks_the_guest_nor_the_stop() {
     // The writer waits at most half a second for a stalled stdout.
     assert!(took < Duration::from_secs(2), "stopping took {took:?}");
     eprintln!("stalled stdout: SIGTERM ended rvmm in {took:?}");
+}
+
+/// Waits until `pipe` holds as much as it can take; panics after `limit`.
+fn wait_until_full(pipe: &impl AsRawFd, limit: Duration) {
+    let fd = pipe.as_raw_fd();
+    // SAFETY: F_GETPIPE_SZ only reads the size of the open pipe `fd`.
+    let capacity = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    assert!(capacity > 0, "cannot read the pipe's size");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, which `queued` is.
+        assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) }, 0);
+        if queued >= capacity {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest's output filled {queued} of the pipe's {capacity} bytes in {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// `rvmm … > log 2>&1`: guest output and rvmm's log share one file, and
