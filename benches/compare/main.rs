@@ -27,6 +27,7 @@ mod process;
 mod restore;
 mod settle;
 mod stats;
+mod targets;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -460,8 +461,12 @@ fn main() {
         settle::method()
     );
     let mut report = stats::markdown_report(&comparable, &systems, &host_description(), &method);
-    for verdict in restore::verdicts(&tables) {
-        report.push_str(&format!("\nTarget, {verdict}\n"));
+    let verdicts = targets::verdicts(&tables);
+    if !verdicts.is_empty() {
+        report.push_str("\nTargets (rvmm's median against the peer's, this run):\n\n");
+        for verdict in verdicts {
+            report.push_str(&format!("- {verdict}\n"));
+        }
     }
     std::fs::write(out_dir.join("report.md"), &report).unwrap();
     println!("\n{report}");

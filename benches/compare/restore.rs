@@ -335,26 +335,3 @@ pub fn restore(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     }
     tables
 }
-
-/// The targets for this section, each with what was measured.
-pub fn verdicts(tables: &[Table]) -> Vec<String> {
-    let find = |title: &str| tables.iter().find(|t| t.title == title);
-    let mut out = Vec::new();
-    if let Some(t) = find(RESTORE_TITLE) {
-        if let (Some(ours), Some(theirs)) = (t.median_of("rvmm"), t.median_of("firecracker")) {
-            let ratio = ours / theirs;
-            out.push(format!(
-                "restore to an answering guest at most 0.5x Firecracker's: {} ({ours:.2} ms against {theirs:.2} ms, {ratio:.2}x)",
-                if ratio <= 0.5 { "met" } else { "not met" }
-            ));
-        }
-        let runc = find(COLD_TITLE).and_then(|c| c.median_of("runc container"));
-        if let (Some(ours), Some(runc)) = (t.median_of("rvmm"), runc) {
-            out.push(format!(
-                "a restored VM answers before runc's container does: {} ({ours:.2} ms against {runc:.2} ms)",
-                if ours < runc { "met" } else { "not met" }
-            ));
-        }
-    }
-    out
-}
