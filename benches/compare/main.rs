@@ -1,8 +1,10 @@
-//! `cargo bench`: rvmm side by side with QEMU's microvm, Firecracker (when
-//! RVMM_BENCH_FIRECRACKER names a binary) and a runc container, on the same
-//! guests and command lines, in one run. Prints a table per measure (min /
-//! median / max, ratio to rvmm) and writes target/bench/results.json and
-//! target/bench/report.md.
+//! `cargo bench`: rvmm side by side with QEMU's microvm, Firecracker
+//! (RVMM_BENCH_FIRECRACKER, or else ../shared/peers/firecracker beside the
+//! checkout), a runc container and a Docker one, on the same guests and
+//! command lines, in one run. Prints a table per measure (min / median /
+//! max, ratio to rvmm) and writes target/bench/results.json and
+//! target/bench/report.md, whose end says which of the targets
+//! this run met.
 //!
 //! Sections: startup, breakdown, restore, phases, memory, guest-memory, density, block, images,
 //! linux (on PVM hosts only when named: it takes minutes there), lab (Linux
@@ -357,6 +359,24 @@ fn images(peers: &[Peer], scratch: &Path) -> Vec<Table> {
     vec![table]
 }
 
+/// The guest images that the images, linux and lab sections use, made (or
+/// found up to date in its cache, in a second) by the project's own
+/// script, which installs what it needs: a fresh clone benches them too.
+fn build_guest_images() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images/build.sh");
+    eprintln!("bench setup: guest-images/build.sh (minutes the first time, then cached)");
+    let status = std::process::Command::new(&script)
+        .stdout(std::process::Stdio::from(std::io::stderr()))
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!(
+            "bench setup: guest-images/build.sh failed ({s}); the images, linux and lab sections say what they miss"
+        ),
+        Err(e) => eprintln!("bench setup: cannot run {}: {e}", script.display()),
+    }
+}
+
 fn host_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -394,6 +414,9 @@ fn main() {
     let containers_run = ["startup", "restore", "memory", "density", "images"]
         .iter()
         .any(|name| run(name));
+    if ["images", "linux", "lab"].iter().any(|name| run(name)) {
+        build_guest_images();
+    }
     let peers = peers::available(&scratch, containers_run);
     let mut systems: Vec<String> = peers.iter().map(|p| p.name().to_string()).collect();
     eprintln!("comparing: {}", systems.join(", "));
