@@ -68,11 +68,16 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(mut cmd: Command, limit: Duration) -> Option<Running> {
+    fn spawn(cmd: Command, limit: Duration) -> Option<Running> {
+        Self::spawn_with_log(cmd, limit, Stdio::null())
+    }
+
+    /// As [`Running::spawn`], the VMM's own log (stderr) going to `log`.
+    fn spawn_with_log(mut cmd: Command, limit: Duration, log: Stdio) -> Option<Running> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .ok()?;
         let lines = read_lines(child.stdout.take()?);
@@ -86,6 +91,21 @@ impl Running {
     /// Waits (bounded) for a console line containing `marker`.
     fn wait_for(&self, marker: &str) -> bool {
         line_with(&self.lines, marker, self.limit).is_ok()
+    }
+
+    /// Whether the VMM still runs, or how it ended and the last lines of
+    /// its log: what a failed wait leaves to go on.
+    fn state(&mut self, log: &Path) -> String {
+        match self.child.try_wait() {
+            Ok(None) => String::from("the VMM still runs"),
+            Ok(Some(status)) => {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+                format!("the VMM ended ({status}); its log ends: {tail}")
+            }
+            Err(e) => format!("the VMM's state is unknown: {e}"),
+        }
     }
 
     fn type_line(&mut self, line: &str) -> bool {
@@ -143,7 +163,9 @@ pub fn make_snapshot(
     let socket = scratch.join(format!("{name}-snapshot.api"));
     let _ = std::fs::remove_file(&socket);
     let cmd = api_command(peer, &socket).ok_or("no snapshots")?;
-    let vm = Running::spawn(cmd, guest.limit).ok_or("cannot start it")?;
+    let log_path = scratch.join(format!("{name}-snapshot-boot.log"));
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot write its log: {e}"))?;
+    let mut vm = Running::spawn_with_log(cmd, guest.limit, log.into()).ok_or("cannot start it")?;
     if !wait_for_socket(&socket, guest.limit, SOCKET_POLL) {
         return Err("no API socket".into());
     }
@@ -166,7 +188,11 @@ pub fn make_snapshot(
         r#"{"action_type": "InstanceStart"}"#,
     )?;
     if !vm.wait_for(guest.ready) {
-        return Err(format!("the guest never printed {:?}", guest.ready));
+        return Err(format!(
+            "the guest never printed {:?}; {}",
+            guest.ready,
+            vm.state(&log_path)
+        ));
     }
     let (state, memory) = (
         scratch.join(format!("{name}.snapshot")),
